@@ -1,0 +1,1 @@
+//! Links, addresses, routes, neighbours, sysctls and network namespaces over rtnetlink.

@@ -1,0 +1,1 @@
+//! Policy resolution and verdicts: which tiers, policies and profiles apply to an endpoint.
