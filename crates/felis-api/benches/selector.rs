@@ -1,0 +1,2 @@
+//! Selector benchmarks (stub).
+fn main() {}
