@@ -1,4 +1,71 @@
 //! `projectcalico.org/v3` resources, defaulting, validation, YAML/JSON loading and the selector
 //! language. The vocabulary of Felis: the bottom layer, pure, no I/O.
+//!
+//! - [`Resource`] holds one object of any [`Kind`]; [`Resource::from_value`] decodes a manifest
+//!   strictly (unknown fields are errors), fills in Calico's defaults and validates, with every
+//!   error naming the field path ([`ValidationError`]).
+//! - Keys follow Calico's etcd layout ([`key_for`]).
 
+pub mod bgp;
+pub mod config;
+pub mod duration;
+pub mod endpoint;
+mod error;
+pub mod felix;
+pub mod k8s;
+pub mod ipam;
+mod kind;
+pub mod load;
+mod meta;
+pub mod net;
+pub mod node;
+pub mod policy;
+mod resource;
+pub mod rule;
 pub mod selector;
+pub mod table;
+pub mod validate;
+
+pub use error::ValidationError;
+pub use ipam::AllowedUse;
+pub use ipam::AssignmentMode;
+pub use ipam::EncapMode;
+pub use ipam::IpPoolSpec;
+pub use ipam::IpReservationSpec;
+pub use ipam::IpamConfigurationSpec;
+pub use kind::CALICO_API_VERSION;
+pub use kind::K8S_CORE_API_VERSION;
+pub use kind::K8S_NETWORKING_API_VERSION;
+pub use kind::Kind;
+pub use kind::key_for;
+pub use meta::ObjectMeta;
+pub use net::Asn;
+pub use node::NodeSpec;
+pub use resource::IpPool;
+pub use resource::IpReservation;
+pub use resource::IpamConfiguration;
+pub use resource::Node;
+pub use resource::Resource;
+pub use resource::BgpConfiguration;
+pub use resource::BgpFilter;
+pub use resource::BgpPeer;
+pub use resource::ClusterInformation;
+pub use resource::FelixConfiguration;
+pub use resource::K8sNetworkPolicy;
+pub use resource::KubeControllersConfiguration;
+pub use resource::Namespace;
+pub use resource::NetworkPolicy;
+pub use resource::GlobalNetworkPolicy;
+pub use resource::Tier;
+pub use resource::Profile;
+pub use resource::NetworkSet;
+pub use resource::GlobalNetworkSet;
+pub use resource::HostEndpoint;
+pub use resource::WorkloadEndpoint;
+pub use rule::Action;
+pub use rule::EntityRule;
+pub use rule::IcmpFields;
+pub use rule::Port;
+pub use rule::Protocol;
+pub use rule::Rule;
+pub use policy::PolicyType;

@@ -1,6 +1,402 @@
-//! The `felis` binary: CLI, node agent, CNI plugin and lab, thin over the libraries.
+//! The `felis` binary: a calicoctl-style CLI over v3 resources. Thin: it parses arguments, opens
+//! the datastore and calls the libraries.
 
-fn main() -> anyhow::Result<()> {
-    println!("felis {}", env!("CARGO_PKG_VERSION"));
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use felis::client::{Client, LabelOp, WriteMode, WriteSummary};
+use felis::output::{self, Format};
+use felis_api::{Kind, Resource};
+
+#[derive(Parser)]
+#[command(name = "felis", version, about = "Container networking and network policy, Calico-compatible")]
+struct Cli {
+    /// The datastore: `file:///path/felis.db` (embedded) or `etcd://host:port[,host:port]`.
+    /// Calico's DATASTORE_TYPE=etcdv3 with ETCD_ENDPOINTS is honoured too.
+    #[arg(long, global = true, env = "FELIS_DATASTORE")]
+    datastore: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or replace resources from files.
+    Apply(WriteArgs),
+    /// Create resources from files.
+    Create {
+        #[command(flatten)]
+        files: WriteArgs,
+        /// Skip resources that already exist instead of failing.
+        #[arg(long)]
+        skip_exists: bool,
+    },
+    /// Replace existing resources from files.
+    Replace(WriteArgs),
+    /// Delete resources by kind and name, or those named in files.
+    Delete {
+        /// Kind and names (`ippool default-pool`), unless -f is given.
+        args: Vec<String>,
+        #[command(flatten)]
+        files: OptionalFiles,
+        /// Do not fail when a resource does not exist.
+        #[arg(short = 's', long)]
+        skip_not_exists: bool,
+        /// Namespace of namespaced resources.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Show resources.
+    Get {
+        /// Kind and optional names (`ippools`, `ippool default-pool`), unless -f is given.
+        args: Vec<String>,
+        #[command(flatten)]
+        files: OptionalFiles,
+        /// Output format: ps (default), wide, yaml, json.
+        #[arg(short, long, default_value = "ps")]
+        output: Format,
+        /// Namespace of namespaced resources.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Change fields of a resource with a JSON (or YAML) merge patch.
+    Patch {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+        /// The patch, e.g. '{"spec":{"natOutgoing":true}}'.
+        #[arg(short, long)]
+        patch: String,
+        /// Namespace of namespaced resources.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Set (`key=value`) or remove (`key --remove`) a label.
+    Label {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+        /// `key=value` to set, or `key` with --remove.
+        label: String,
+        /// Replace an existing value.
+        #[arg(long)]
+        overwrite: bool,
+        /// Remove the label.
+        #[arg(long)]
+        remove: bool,
+        /// Namespace of namespaced resources.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Selector tools.
+    #[command(subcommand)]
+    Selector(SelectorCommand),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum SelectorCommand {
+    /// Evaluate a selector against a label set: prints `true` or `false`.
+    Match {
+        /// The selector, e.g. "role == 'db' && has(tier)".
+        selector: String,
+        /// The labels as a JSON object of strings.
+        #[arg(long, default_value = "{}")]
+        labels: String,
+    },
+}
+
+#[derive(Args)]
+struct WriteArgs {
+    /// A YAML or JSON file, `-` for standard input, or a directory.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Read directories recursively.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// Namespace for namespaced resources that do not name one.
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+#[derive(Args)]
+struct OptionalFiles {
+    /// A YAML or JSON file, `-` for standard input, or a directory.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
+    /// Read directories recursively.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let datastore = cli.datastore;
+    match cli.command {
+        Command::Version => {
+            println!("Client Version:    v{}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Selector(SelectorCommand::Match { selector, labels }) => {
+            selector_match(&selector, &labels)
+        }
+        Command::Apply(args) => write(datastore, &args, WriteMode::Apply, "applied"),
+        Command::Create { files, skip_exists } => write(
+            datastore,
+            &files,
+            WriteMode::Create { skip_existing: skip_exists },
+            "created",
+        ),
+        Command::Replace(args) => write(datastore, &args, WriteMode::Replace, "replaced"),
+        Command::Delete { args, files, skip_not_exists, namespace } => {
+            if !files.files.is_empty() {
+                let write_args = WriteArgs {
+                    files: files.files,
+                    recursive: files.recursive,
+                    namespace: Some(namespace),
+                };
+                let mode = WriteMode::Delete { skip_missing: skip_not_exists };
+                return write(datastore, &write_args, mode, "deleted");
+            }
+            let (kind, names) = kind_and_names(&args)?;
+            if names.is_empty() {
+                bail!("name the {} to delete, or give -f FILE", kind.name());
+            }
+            let store = open(datastore)?;
+            let client = Client::new(store.as_ref());
+            let ns = kind.is_namespaced().then_some(namespace.as_str());
+            let mut deleted = 0;
+            for name in &names {
+                if client.delete(kind, ns, name, skip_not_exists)? {
+                    deleted += 1;
+                }
+            }
+            println!("Successfully deleted {deleted} '{}' resource(s)", kind.name());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { args, files, output, namespace, all_namespaces } => {
+            get(datastore, &args, &files, output, &namespace, all_namespaces)
+        }
+        Command::Patch { kind, name, patch, namespace } => {
+            let kind = parse_kind(&kind)?;
+            let patch: serde_json::Value = parse_patch(&patch)?;
+            let store = open(datastore)?;
+            let client = Client::new(store.as_ref());
+            let ns = kind.is_namespaced().then_some(namespace.as_str());
+            client.modify(kind, ns, &name, &|value| {
+                felis::client::merge_patch(value, &patch);
+                Ok(())
+            })?;
+            println!("Successfully patched 1 '{}' resource", kind.name());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Label { kind, name, label, overwrite, remove, namespace } => {
+            let kind = parse_kind(&kind)?;
+            let op = match (remove, label.split_once('=')) {
+                (true, None) => LabelOp::Remove { key: label.clone() },
+                (true, Some(_)) => bail!("--remove takes a label key, not key=value"),
+                (false, Some((k, v))) => {
+                    LabelOp::Set { key: k.to_string(), value: v.to_string(), overwrite }
+                }
+                (false, None) => bail!("give the label as key=value, or key with --remove"),
+            };
+            let store = open(datastore)?;
+            let client = Client::new(store.as_ref());
+            let ns = kind.is_namespaced().then_some(namespace.as_str());
+            client.modify(kind, ns, &name, &|value| felis::client::label_change(value, &op))?;
+            match &op {
+                LabelOp::Set { key, value, .. } => println!(
+                    "Successfully set label {key}={value} on {} {name}",
+                    kind.name()
+                ),
+                LabelOp::Remove { key } => {
+                    println!("Successfully removed label {key} from {} {name}", kind.name())
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open(flag: Option<String>) -> anyhow::Result<std::sync::Arc<dyn felis_store::Datastore>> {
+    let url = felis_store::url_from_env(flag.as_deref());
+    felis_store::open(&url).with_context(|| format!("opening datastore {url}"))
+}
+
+fn selector_match(selector: &str, labels: &str) -> anyhow::Result<ExitCode> {
+    let labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(labels).context("--labels must be a JSON object of strings")?;
+    match felis_api::selector::Selector::parse(selector) {
+        Ok(s) => {
+            println!("{}", s.matches(&labels));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("Error: {e}\n  {selector}\n  {}^", " ".repeat(e.column.saturating_sub(1)));
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn write(
+    datastore: Option<String>,
+    args: &WriteArgs,
+    mode: WriteMode,
+    verb: &str,
+) -> anyhow::Result<ExitCode> {
+    let resources = load_files(&args.files, args.recursive, args.namespace.as_deref())?;
+    if resources.is_empty() {
+        bail!("no resources found in {}", describe(&args.files));
+    }
+    let store = open(datastore)?;
+    let summary = Client::new(store.as_ref())
+        .write(&resources, mode)
+        .with_context(|| format!("nothing was {verb}"))?;
+    print_summary(&summary, verb);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(summary: &WriteSummary, verb: &str) {
+    match summary.kinds.as_slice() {
+        [kind] => println!("Successfully {verb} {} '{}' resource(s)", summary.written, kind.name()),
+        _ => println!("Successfully {verb} {} resource(s)", summary.written),
+    }
+    if summary.skipped > 0 {
+        println!("Skipped {} resource(s)", summary.skipped);
+    }
+}
+
+fn get(
+    datastore: Option<String>,
+    args: &[String],
+    files: &OptionalFiles,
+    format: Format,
+    namespace: &str,
+    all_namespaces: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open(datastore)?;
+    let client = Client::new(store.as_ref());
+    if !files.files.is_empty() {
+        let wanted = load_files(&files.files, files.recursive, Some(namespace))?;
+        let mut found = Vec::new();
+        for r in &wanted {
+            let ns = r.kind().is_namespaced().then(|| r.metadata().namespace.as_deref()).flatten();
+            found.push(client.get(r.kind(), ns, &r.metadata().name)?);
+        }
+        for r in &found {
+            let text = output::render(r.kind(), std::slice::from_ref(r), format, true, false)
+                .map_err(anyhow::Error::msg)?;
+            print!("{text}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (kind, names) = kind_and_names(args)?;
+    let ns = (kind.is_namespaced() && !all_namespaces).then_some(namespace);
+    let resources = if names.is_empty() {
+        client.list(kind, ns)?
+    } else {
+        let ns = kind.is_namespaced().then_some(namespace);
+        names.iter().map(|n| client.get(kind, ns, n)).collect::<Result<Vec<_>, _>>()?
+    };
+    let single = names.len() == 1;
+    let text = output::render(kind, &resources, format, single, all_namespaces)
+        .map_err(anyhow::Error::msg)?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kind_and_names(args: &[String]) -> anyhow::Result<(Kind, Vec<String>)> {
+    let Some((kind, names)) = args.split_first() else {
+        bail!("name a resource kind, e.g. `ippools`, or give -f FILE");
+    };
+    Ok((parse_kind(kind)?, names.to_vec()))
+}
+
+fn parse_kind(name: &str) -> anyhow::Result<Kind> {
+    Kind::from_name(name).with_context(|| format!("unknown resource kind {name:?}"))
+}
+
+fn parse_patch(text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text)
+        .or_else(|_| serde_saphyr::from_str::<serde_json::Value>(text))
+        .context("the patch is neither JSON nor YAML")
+}
+
+/// Reads every file (or stdin, or every YAML/JSON file of a directory) and parses all of their
+/// documents; the first bad document fails the whole load, naming its file.
+fn load_files(
+    paths: &[PathBuf],
+    recursive: bool,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<Resource>> {
+    let mut sources = Vec::new();
+    for path in paths {
+        collect_sources(path, recursive, &mut sources)?;
+    }
+    let mut resources = Vec::new();
+    for path in sources {
+        let text = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+            text
+        } else {
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+        };
+        let parsed = felis_api::load::parse_documents(&text, namespace)
+            .with_context(|| format!("in {}", display_path(&path)))?;
+        resources.extend(parsed);
+    }
+    Ok(resources)
+}
+
+fn collect_sources(path: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" || !path.is_dir() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading directory {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            if recursive {
+                collect_sources(&entry, recursive, out)?;
+            }
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(entry);
+        }
+    }
     Ok(())
+}
+
+fn display_path(path: &Path) -> String {
+    if path.as_os_str() == "-" { "standard input".to_string() } else { path.display().to_string() }
+}
+
+fn describe(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| display_path(p)).collect::<Vec<_>>().join(", ")
 }

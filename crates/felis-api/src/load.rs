@@ -1,0 +1,305 @@
+//! Loading manifests: YAML (one or more documents separated by `---`) or JSON (one object, an
+//! array, a stream of objects, or a `kind: List` with `items`) into validated resources.
+//!
+//! All or nothing: the first bad document fails the whole load, and the error names the
+//! document (1-based, counting non-empty documents), the line it starts on, the field path and
+//! the reason. YAML and JSON syntax errors carry the line and column in the whole text.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::error::ValidationError;
+use crate::resource::Resource;
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// The text is not valid YAML or JSON.
+    Syntax {
+        /// 1-based index of the document.
+        document: usize,
+        /// 1-based line in the whole text.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A document parsed but is not a valid resource.
+    Invalid {
+        /// 1-based index of the document.
+        document: usize,
+        /// 1-based line in the whole text where the document starts.
+        line: usize,
+        /// The field and the reason (paths inside lists start with `items[i]` or `[i]`).
+        error: ValidationError,
+    },
+}
+
+impl LoadError {
+    /// The 1-based index of the failing document.
+    pub fn document(&self) -> usize {
+        match self {
+            LoadError::Syntax { document, .. } | LoadError::Invalid { document, .. } => *document,
+        }
+    }
+
+    /// The line of the syntax error, or where the invalid document starts.
+    pub fn line(&self) -> usize {
+        match self {
+            LoadError::Syntax { line, .. } | LoadError::Invalid { line, .. } => *line,
+        }
+    }
+
+    /// The field path of a validation error (empty for syntax errors).
+    pub fn path(&self) -> &str {
+        match self {
+            LoadError::Syntax { .. } => "",
+            LoadError::Invalid { error, .. } => &error.path,
+        }
+    }
+
+    /// The reason, without the position.
+    pub fn reason(&self) -> &str {
+        match self {
+            LoadError::Syntax { message, .. } => message,
+            LoadError::Invalid { error, .. } => &error.reason,
+        }
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Syntax {
+                document,
+                line,
+                column,
+                message,
+            } => write!(
+                f,
+                "document {document}: syntax error at line {line} column {column}: {message}"
+            ),
+            LoadError::Invalid {
+                document,
+                line,
+                error,
+            } => {
+                write!(f, "document {document} (line {line}): {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Parses every resource in `text` (YAML or JSON). Objects of namespaced kinds without a
+/// namespace go in `default_namespace`, or `default`. Empty documents are skipped.
+pub fn parse_documents(
+    text: &str,
+    default_namespace: Option<&str>,
+) -> Result<Vec<Resource>, LoadError> {
+    let docs = if looks_like_json(text) {
+        json_documents(text)?
+    } else {
+        yaml_documents(text)?
+    };
+    let mut out = Vec::new();
+    for (index, doc) in docs.into_iter().enumerate() {
+        let document = index + 1;
+        let invalid = |error: ValidationError| LoadError::Invalid {
+            document,
+            line: doc.line,
+            error,
+        };
+        match doc.value {
+            Value::Array(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let r = Resource::from_value_in(item, default_namespace)
+                        .map_err(|e| invalid(e.within(&format!("[{i}]"))))?;
+                    out.push(r);
+                }
+            }
+            Value::Object(ref o) if o.get("kind").and_then(Value::as_str) == Some("List") => {
+                let Value::Object(mut o) = doc.value else {
+                    continue;
+                };
+                let items = match o.remove("items") {
+                    Some(Value::Array(items)) => items,
+                    Some(Value::Null) | None => Vec::new(),
+                    Some(_) => {
+                        return Err(invalid(ValidationError::new("items", "expected a list")));
+                    }
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    let r = Resource::from_value_in(item, default_namespace)
+                        .map_err(|e| invalid(e.within(&format!("items[{i}]"))))?;
+                    out.push(r);
+                }
+            }
+            value => out.push(Resource::from_value_in(value, default_namespace).map_err(invalid)?),
+        }
+    }
+    Ok(out)
+}
+
+/// One non-empty document and the line its content starts on.
+struct Document {
+    line: usize,
+    value: Value,
+}
+
+fn looks_like_json(text: &str) -> bool {
+    let trimmed = text.trim_start();
+    trimmed.starts_with('{') || trimmed.starts_with('[')
+}
+
+/// A stream of JSON values (usually one).
+fn json_documents(text: &str) -> Result<Vec<Document>, LoadError> {
+    let mut docs = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let mut start = 0;
+    loop {
+        let begin = start + leading_whitespace(&text[start..]);
+        let line = 1 + text[..begin].matches('\n').count();
+        match stream.next() {
+            None => break,
+            Some(Ok(value)) => {
+                start = stream.byte_offset();
+                if !value.is_null() {
+                    docs.push(Document { line, value });
+                }
+            }
+            Some(Err(e)) => {
+                return Err(LoadError::Syntax {
+                    document: docs.len() + 1,
+                    line: e.line(),
+                    column: e.column(),
+                    message: strip_position(&e.to_string()),
+                });
+            }
+        }
+    }
+    Ok(docs)
+}
+
+fn leading_whitespace(s: &str) -> usize {
+    s.len() - s.trim_start().len()
+}
+
+/// Splits YAML on `---` lines and parses each document, keeping line numbers of the whole text.
+fn yaml_documents(text: &str) -> Result<Vec<Document>, LoadError> {
+    let mut docs = Vec::new();
+    for chunk in split_yaml(text) {
+        let Some(content_line) = chunk.content_line else {
+            continue;
+        };
+        let document = docs.len() + 1;
+        let value: Value = serde_saphyr::from_str(&chunk.text).map_err(|e| {
+            let (line, column) = match e.location() {
+                Some(loc) if loc.line() > 0 => (
+                    chunk.first_line + usize::try_from(loc.line()).unwrap_or(1) - 1,
+                    usize::try_from(loc.column()).unwrap_or(1),
+                ),
+                _ => (content_line, 1),
+            };
+            LoadError::Syntax {
+                document,
+                line,
+                column,
+                message: saphyr_message(&e.to_string()),
+            }
+        })?;
+        if !value.is_null() {
+            docs.push(Document {
+                line: content_line,
+                value,
+            });
+        }
+    }
+    Ok(docs)
+}
+
+/// One `---`-separated chunk of YAML: its text, the line its text starts on, and the line of
+/// its first non-blank, non-comment line (none if it is empty).
+struct Chunk {
+    text: String,
+    first_line: usize,
+    content_line: Option<usize>,
+}
+
+fn split_yaml(text: &str) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let mut current = Chunk {
+        text: String::new(),
+        first_line: 1,
+        content_line: None,
+    };
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        let is_marker = |m: &str| {
+            line.strip_prefix(m)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        };
+        if is_marker("---") || is_marker("...") {
+            let rest = line.get(3..).unwrap_or("");
+            let next = Chunk {
+                text: String::new(),
+                first_line: number,
+                content_line: None,
+            };
+            chunks.push(std::mem::replace(&mut current, next));
+            if is_marker("---") && !is_blank_or_comment(rest) {
+                // `--- value` on the marker line: keep the value, at its column.
+                current.text.push_str("   ");
+                current.text.push_str(rest);
+                current.content_line = Some(number);
+            }
+            current.text.push('\n');
+            continue;
+        }
+        if line.starts_with('%') && current.content_line.is_none() {
+            // A directive (`%YAML 1.2`) before the document: not content.
+            current.text.push('\n');
+            continue;
+        }
+        if current.content_line.is_none() && !is_blank_or_comment(line) {
+            current.content_line = Some(number);
+        }
+        current.text.push_str(line);
+        current.text.push('\n');
+    }
+    chunks.push(current);
+    chunks
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// The first line of a serde-saphyr message, without its `error: line N column M:` prefix.
+fn saphyr_message(full: &str) -> String {
+    let first = full.lines().next().unwrap_or(full);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    strip_position(first)
+}
+
+/// Removes a leading `line N column M: ` and a trailing ` at line N column M`.
+fn strip_position(msg: &str) -> String {
+    let mut m = msg;
+    if let Some(rest) = m.strip_prefix("line ")
+        && let Some((_, after)) = rest.split_once(": ")
+        && rest
+            .split(": ")
+            .next()
+            .is_some_and(|p| p.contains("column"))
+    {
+        m = after;
+    }
+    if let Some(idx) = m.rfind(" at line ") {
+        m = &m[..idx];
+    }
+    m.to_string()
+}

@@ -1,0 +1,175 @@
+//! IPAM allocation throughput on the embedded (SQLite) store.
+//!
+//! - `sqlite/one_node_empty_pool`: one node allocating single addresses from an empty /16.
+//! - `sqlite/one_node_90pct_full_pool`: the same when 90% of the /16's blocks are full and
+//!   affine to other nodes (written directly, as a cluster of 920 busy nodes would have left
+//!   them).
+//! - `memstore/...`: the allocator's own cost without storage.
+//!
+//! Each sample starts from a fresh store, so criterion's time per iteration is the time of one
+//! allocation (including the block claims every 64 allocations).
+
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+
+use criterion::Criterion;
+use criterion::criterion_group;
+use criterion::criterion_main;
+use felis_ipam::AutoAssignRequest;
+use felis_ipam::Ipam;
+use felis_ipam::Pool;
+use felis_ipam::memstore::MemStore;
+use felis_ipam::model::AllocationAttribute;
+use felis_ipam::model::Block;
+use felis_ipam::model::Handle;
+use felis_ipam::model::POOL_PREFIX;
+use felis_ipam::model::handle_key;
+use felis_ipam::model::node_key;
+use felis_ipam::resources;
+use felis_store::Datastore;
+use felis_store::TxnOp;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const NODE: &str = "bench-node";
+
+fn setup(store: &dyn Datastore, fill_fraction: f64) {
+    let pool = Pool::new(
+        "bench",
+        "10.128.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
+    );
+    store
+        .create(
+            &format!("{POOL_PREFIX}{}", pool.name),
+            &resources::pool_value(&pool),
+        )
+        .ok();
+    store
+        .create(
+            &node_key(NODE),
+            &resources::node_value(NODE, &BTreeMap::new()),
+        )
+        .ok();
+    let blocks = pool.block_count() as usize;
+    let full = (blocks as f64 * fill_fraction) as usize;
+    let mut ops = Vec::new();
+    for index in 0..full {
+        let Some(cidr) = pool.block_at(index as u128) else {
+            continue;
+        };
+        let owner = format!("filler-{index}");
+        let mut block = Block::new(cidr, Some(&owner));
+        for ordinal in 0..64 {
+            let handle = format!("k8s-pod-network.{index}-{ordinal}");
+            let mut secondary = BTreeMap::new();
+            secondary.insert("node".to_string(), owner.clone());
+            secondary.insert("namespace".to_string(), "default".to_string());
+            secondary.insert("pod".to_string(), format!("pod-{index}-{ordinal}"));
+            secondary.insert("timestamp".to_string(), "2026-11-27T06:00:00Z".to_string());
+            block.allocate(
+                1,
+                AllocationAttribute {
+                    handle_id: Some(handle.clone()),
+                    secondary,
+                },
+                |_| true,
+            );
+            let mut h = Handle::new(&handle);
+            h.increment(&cidr, 1);
+            ops.push(TxnOp::Put {
+                key: handle_key(&handle),
+                value: serde_json::to_vec(&h).unwrap_or_default(),
+            });
+        }
+        ops.push(TxnOp::Put {
+            key: cidr.key(),
+            value: serde_json::to_vec(&block).unwrap_or_default(),
+        });
+        ops.push(TxnOp::Put {
+            key: cidr.affinity_key(&owner),
+            value: br#"{"state":"confirmed","deleted":false}"#.to_vec(),
+        });
+        if ops.len() > 2000 {
+            store.commit(&ops).unwrap_or_else(|e| panic!("{e}"));
+            ops.clear();
+        }
+    }
+    if !ops.is_empty() {
+        store.commit(&ops).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn allocate_n(store: &dyn Datastore, n: u64, seed: u64) -> Duration {
+    let ipam = Ipam::new(store);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = Instant::now();
+    for i in 0..n {
+        let handle = format!("k8s-pod-network.bench-{seed}-{i}");
+        let got = ipam
+            .auto_assign(
+                &AutoAssignRequest::v4(NODE, &handle, 1),
+                SystemTime::UNIX_EPOCH,
+                &mut rng,
+            )
+            .unwrap_or_else(|e| panic!("allocation {i}: {e}"));
+        black_box(got);
+    }
+    start.elapsed()
+}
+
+fn sqlite(fill: f64, iters: u64, seed: u64) -> Duration {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = felis_store::open(&format!("file://{}/bench.db", dir.path().display()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    setup(&*store, fill);
+    // The 90%-full pool has ~6,500 free addresses: stay well inside.
+    allocate_n(&*store, iters.min(5_000), seed) * (iters as u32) / (iters.min(5_000) as u32)
+}
+
+fn memstore(fill: f64, iters: u64, seed: u64) -> Duration {
+    let store = MemStore::new();
+    setup(&store, fill);
+    allocate_n(&store, iters.min(5_000), seed) * (iters as u32) / (iters.min(5_000) as u32)
+}
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ipam_allocation");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(1));
+    let mut seed = 0;
+    group.bench_function("sqlite/one_node_empty_pool", |b| {
+        b.iter_custom(|iters| {
+            seed += 1;
+            sqlite(0.0, iters, seed)
+        })
+    });
+    group.bench_function("sqlite/one_node_90pct_full_pool", |b| {
+        b.iter_custom(|iters| {
+            seed += 1;
+            sqlite(0.9, iters, seed)
+        })
+    });
+    group.bench_function("memstore/one_node_empty_pool", |b| {
+        b.iter_custom(|iters| {
+            seed += 1;
+            memstore(0.0, iters, seed)
+        })
+    });
+    group.bench_function("memstore/one_node_90pct_full_pool", |b| {
+        b.iter_custom(|iters| {
+            seed += 1;
+            memstore(0.9, iters, seed)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(ipam, benches);
+criterion_main!(ipam);
