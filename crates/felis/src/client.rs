@@ -55,7 +55,9 @@ pub enum Error {
         name: String,
     },
     /// The document's `resourceVersion` is not the stored one.
-    #[error("update conflict: {kind}({name}) was modified (resourceVersion {given} given, {stored} stored)")]
+    #[error(
+        "update conflict: {kind}({name}) was modified (resourceVersion {given} given, {stored} stored)"
+    )]
     Conflict {
         /// The kind.
         kind: &'static str,
@@ -163,9 +165,18 @@ impl<'a> Client<'a> {
     ) -> Result<Option<TxnOp>, Error> {
         let kind = resource.kind().name();
         let name = display_name(resource);
-        let given_version = resource.metadata().resource_version.clone().filter(|v| !v.is_empty());
+        let given_version = resource
+            .metadata()
+            .resource_version
+            .clone()
+            .filter(|v| !v.is_empty());
         match (mode, current) {
-            (WriteMode::Create { skip_existing: true }, Some(_)) => Ok(None),
+            (
+                WriteMode::Create {
+                    skip_existing: true,
+                },
+                Some(_),
+            ) => Ok(None),
             (WriteMode::Create { .. }, Some(_)) => Err(Error::AlreadyExists { kind, name }),
             (WriteMode::Create { .. } | WriteMode::Apply, None) => {
                 let value = encode_new(resource)?;
@@ -173,24 +184,29 @@ impl<'a> Client<'a> {
             }
             (WriteMode::Replace, None) => Err(Error::NotFound { kind, name }),
             (WriteMode::Apply | WriteMode::Replace, Some(current)) => {
-                if let Some(given) = &given_version {
-                    if *given != current.mod_revision.to_string() {
-                        return Err(Error::Conflict {
-                            kind,
-                            name,
-                            given: given.clone(),
-                            stored: current.mod_revision.to_string(),
-                        });
-                    }
+                if let Some(given) =
+                    given_version.filter(|g| *g != current.mod_revision.to_string())
+                {
+                    return Err(Error::Conflict {
+                        kind,
+                        name,
+                        given,
+                        stored: current.mod_revision.to_string(),
+                    });
                 }
                 let value = encode_replacement(resource, &current)?;
-                Ok(Some(TxnOp::Update { key, value, expected: Some(current.mod_revision) }))
+                Ok(Some(TxnOp::Update {
+                    key,
+                    value,
+                    expected: Some(current.mod_revision),
+                }))
             }
             (WriteMode::Delete { skip_missing: true }, None) => Ok(None),
             (WriteMode::Delete { .. }, None) => Err(Error::NotFound { kind, name }),
-            (WriteMode::Delete { .. }, Some(current)) => {
-                Ok(Some(TxnOp::Delete { key, expected: Some(current.mod_revision) }))
-            }
+            (WriteMode::Delete { .. }, Some(current)) => Ok(Some(TxnOp::Delete {
+                key,
+                expected: Some(current.mod_revision),
+            })),
         }
     }
 
@@ -199,7 +215,10 @@ impl<'a> Client<'a> {
         let key = felis_api::key_for(kind, namespace, name);
         match self.store.get(&key)? {
             Some(kv) => decode(&kv),
-            None => Err(Error::NotFound { kind: kind.name(), name: qualified(namespace, name) }),
+            None => Err(Error::NotFound {
+                kind: kind.name(),
+                name: qualified(namespace, name),
+            }),
         }
     }
 
@@ -227,9 +246,10 @@ impl<'a> Client<'a> {
         match self.store.delete(&key, None) {
             Ok(_) => Ok(true),
             Err(felis_store::Error::NotFound { .. }) if skip_missing => Ok(false),
-            Err(felis_store::Error::NotFound { .. }) => {
-                Err(Error::NotFound { kind: kind.name(), name: qualified(namespace, name) })
-            }
+            Err(felis_store::Error::NotFound { .. }) => Err(Error::NotFound {
+                kind: kind.name(),
+                name: qualified(namespace, name),
+            }),
             Err(e) => Err(e.into()),
         }
     }
@@ -246,7 +266,10 @@ impl<'a> Client<'a> {
         let key = felis_api::key_for(kind, namespace, name);
         for _ in 0..CAS_ATTEMPTS {
             let Some(current) = self.store.get(&key)? else {
-                return Err(Error::NotFound { kind: kind.name(), name: qualified(namespace, name) });
+                return Err(Error::NotFound {
+                    kind: kind.name(),
+                    name: qualified(namespace, name),
+                });
             };
             let mut value = decode(&current)?.to_value();
             change(&mut value)?;
@@ -256,7 +279,9 @@ impl<'a> Client<'a> {
                 source,
             })?;
             if resource.key() != key {
-                return Err(Error::Patch("a patch may not change the name or namespace".into()));
+                return Err(Error::Patch(
+                    "a patch may not change the name or namespace".into(),
+                ));
             }
             let bytes = encode_replacement(&resource, &current)?;
             match self.store.update(&key, &bytes, Some(current.mod_revision)) {
@@ -326,13 +351,15 @@ pub fn label_change(value: &mut serde_json::Value, op: &LabelOp) -> Result<(), E
         .unwrap_or_default();
     let mut labels = labels;
     match op {
-        LabelOp::Set { key, value: v, overwrite } => {
-            if let Some(existing) = labels.get(key) {
-                if existing != v && !overwrite {
-                    return Err(Error::Label(format!(
-                        "label {key} already has value {existing:?}; use --overwrite to change it"
-                    )));
-                }
+        LabelOp::Set {
+            key,
+            value: v,
+            overwrite,
+        } => {
+            if let Some(existing) = labels.get(key).filter(|e| *e != v && !overwrite) {
+                return Err(Error::Label(format!(
+                    "label {key} already has value {existing:?}; use --overwrite to change it"
+                )));
             }
             labels.insert(key.clone(), v.clone());
         }
@@ -360,7 +387,11 @@ fn qualified(namespace: Option<&str>, name: &str) -> String {
 
 fn display_name(resource: &Resource) -> String {
     let meta = resource.metadata();
-    let namespace = if resource.kind().is_namespaced() { meta.namespace.as_deref() } else { None };
+    let namespace = if resource.kind().is_namespaced() {
+        meta.namespace.as_deref()
+    } else {
+        None
+    };
     qualified(namespace, &meta.name)
 }
 
@@ -370,7 +401,10 @@ fn encode(resource: &Resource) -> Result<Vec<u8>, Error> {
     if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&value).map_err(|e| Error::Corrupt { key: resource.key(), reason: e.to_string() })
+    serde_json::to_vec(&value).map_err(|e| Error::Corrupt {
+        key: resource.key(),
+        reason: e.to_string(),
+    })
 }
 
 /// A new resource gets a uid and a creation timestamp, as the API server would give it.
@@ -394,10 +428,15 @@ fn encode_replacement(resource: &Resource, current: &KeyValue) -> Result<Vec<u8>
 
 /// Decodes a stored value, setting `resourceVersion` from the key's mod revision.
 pub fn decode(kv: &KeyValue) -> Result<Resource, Error> {
-    let value: serde_json::Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| Error::Corrupt { key: kv.key.clone(), reason: e.to_string() })?;
-    let mut resource = Resource::from_value(value)
-        .map_err(|e| Error::Corrupt { key: kv.key.clone(), reason: e.to_string() })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
+            key: kv.key.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut resource = Resource::from_value(value).map_err(|e| Error::Corrupt {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })?;
     resource.metadata_mut().resource_version = Some(revision_string(kv.mod_revision));
     Ok(resource)
 }
@@ -409,7 +448,14 @@ fn revision_string(revision: Revision) -> String {
 fn new_uid() -> String {
     let bytes: [u8; 16] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// The current time in RFC 3339 (UTC, seconds), as Kubernetes writes `creationTimestamp`.
@@ -454,7 +500,10 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc_7386() {
         let mut target = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
-        merge_patch(&mut target, &serde_json::json!({"a": "z", "c": {"f": null}}));
+        merge_patch(
+            &mut target,
+            &serde_json::json!({"a": "z", "c": {"f": null}}),
+        );
         assert_eq!(target, serde_json::json!({"a": "z", "c": {"d": "e"}}));
         let mut target = serde_json::json!({"a": [1, 2]});
         merge_patch(&mut target, &serde_json::json!({"a": [3]}));
@@ -464,7 +513,11 @@ mod tests {
     #[test]
     fn label_needs_overwrite_to_change_a_value() {
         let mut v = serde_json::json!({"metadata": {"name": "x", "labels": {"role": "web"}}});
-        let set = |overwrite| LabelOp::Set { key: "role".into(), value: "db".into(), overwrite };
+        let set = |overwrite| LabelOp::Set {
+            key: "role".into(),
+            value: "db".into(),
+            overwrite,
+        };
         assert!(label_change(&mut v, &set(false)).is_err());
         label_change(&mut v, &set(true)).unwrap();
         assert_eq!(v["metadata"]["labels"]["role"], "db");

@@ -12,7 +12,11 @@ use felis::output::{self, Format};
 use felis_api::{Kind, Resource};
 
 #[derive(Parser)]
-#[command(name = "felis", version, about = "Container networking and network policy, Calico-compatible")]
+#[command(
+    name = "felis",
+    version,
+    about = "Container networking and network policy, Calico-compatible"
+)]
 struct Cli {
     /// The datastore: `file:///path/felis.db` (embedded) or `etcd://host:port[,host:port]`.
     /// Calico's DATASTORE_TYPE=etcdv3 with ETCD_ENDPOINTS is honoured too.
@@ -163,18 +167,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Create { files, skip_exists } => write(
             datastore,
             &files,
-            WriteMode::Create { skip_existing: skip_exists },
+            WriteMode::Create {
+                skip_existing: skip_exists,
+            },
             "created",
         ),
         Command::Replace(args) => write(datastore, &args, WriteMode::Replace, "replaced"),
-        Command::Delete { args, files, skip_not_exists, namespace } => {
+        Command::Delete {
+            args,
+            files,
+            skip_not_exists,
+            namespace,
+        } => {
             if !files.files.is_empty() {
                 let write_args = WriteArgs {
                     files: files.files,
                     recursive: files.recursive,
                     namespace: Some(namespace),
                 };
-                let mode = WriteMode::Delete { skip_missing: skip_not_exists };
+                let mode = WriteMode::Delete {
+                    skip_missing: skip_not_exists,
+                };
                 return write(datastore, &write_args, mode, "deleted");
             }
             let (kind, names) = kind_and_names(&args)?;
@@ -190,13 +203,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     deleted += 1;
                 }
             }
-            println!("Successfully deleted {deleted} '{}' resource(s)", kind.name());
+            println!(
+                "Successfully deleted {deleted} '{}' resource(s)",
+                kind.name()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { args, files, output, namespace, all_namespaces } => {
-            get(datastore, &args, &files, output, &namespace, all_namespaces)
-        }
-        Command::Patch { kind, name, patch, namespace } => {
+        Command::Get {
+            args,
+            files,
+            output,
+            namespace,
+            all_namespaces,
+        } => get(datastore, &args, &files, output, &namespace, all_namespaces),
+        Command::Patch {
+            kind,
+            name,
+            patch,
+            namespace,
+        } => {
             let kind = parse_kind(&kind)?;
             let patch: serde_json::Value = parse_patch(&patch)?;
             let store = open(datastore)?;
@@ -209,27 +234,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Successfully patched 1 '{}' resource", kind.name());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Label { kind, name, label, overwrite, remove, namespace } => {
+        Command::Label {
+            kind,
+            name,
+            label,
+            overwrite,
+            remove,
+            namespace,
+        } => {
             let kind = parse_kind(&kind)?;
             let op = match (remove, label.split_once('=')) {
                 (true, None) => LabelOp::Remove { key: label.clone() },
                 (true, Some(_)) => bail!("--remove takes a label key, not key=value"),
-                (false, Some((k, v))) => {
-                    LabelOp::Set { key: k.to_string(), value: v.to_string(), overwrite }
-                }
+                (false, Some((k, v))) => LabelOp::Set {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                    overwrite,
+                },
                 (false, None) => bail!("give the label as key=value, or key with --remove"),
             };
             let store = open(datastore)?;
             let client = Client::new(store.as_ref());
             let ns = kind.is_namespaced().then_some(namespace.as_str());
-            client.modify(kind, ns, &name, &|value| felis::client::label_change(value, &op))?;
+            client.modify(kind, ns, &name, &|value| {
+                felis::client::label_change(value, &op)
+            })?;
             match &op {
                 LabelOp::Set { key, value, .. } => println!(
                     "Successfully set label {key}={value} on {} {name}",
                     kind.name()
                 ),
                 LabelOp::Remove { key } => {
-                    println!("Successfully removed label {key} from {} {name}", kind.name())
+                    println!(
+                        "Successfully removed label {key} from {} {name}",
+                        kind.name()
+                    )
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -251,7 +290,10 @@ fn selector_match(selector: &str, labels: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("Error: {e}\n  {selector}\n  {}^", " ".repeat(e.column.saturating_sub(1)));
+            eprintln!(
+                "Error: {e}\n  {selector}\n  {}^",
+                " ".repeat(e.column.saturating_sub(1))
+            );
             Ok(ExitCode::from(2))
         }
     }
@@ -277,7 +319,11 @@ fn write(
 
 fn print_summary(summary: &WriteSummary, verb: &str) {
     match summary.kinds.as_slice() {
-        [kind] => println!("Successfully {verb} {} '{}' resource(s)", summary.written, kind.name()),
+        [kind] => println!(
+            "Successfully {verb} {} '{}' resource(s)",
+            summary.written,
+            kind.name()
+        ),
         _ => println!("Successfully {verb} {} resource(s)", summary.written),
     }
     if summary.skipped > 0 {
@@ -299,7 +345,11 @@ fn get(
         let wanted = load_files(&files.files, files.recursive, Some(namespace))?;
         let mut found = Vec::new();
         for r in &wanted {
-            let ns = r.kind().is_namespaced().then(|| r.metadata().namespace.as_deref()).flatten();
+            let ns = r
+                .kind()
+                .is_namespaced()
+                .then(|| r.metadata().namespace.as_deref())
+                .flatten();
             found.push(client.get(r.kind(), ns, &r.metadata().name)?);
         }
         for r in &found {
@@ -315,7 +365,10 @@ fn get(
         client.list(kind, ns)?
     } else {
         let ns = kind.is_namespaced().then_some(namespace);
-        names.iter().map(|n| client.get(kind, ns, n)).collect::<Result<Vec<_>, _>>()?
+        names
+            .iter()
+            .map(|n| client.get(kind, ns, n))
+            .collect::<Result<Vec<_>, _>>()?
     };
     let single = names.len() == 1;
     let text = output::render(kind, &resources, format, single, all_namespaces)
@@ -356,7 +409,9 @@ fn load_files(
     for path in sources {
         let text = if path.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
             text
         } else {
             std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
@@ -394,9 +449,17 @@ fn collect_sources(path: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyh
 }
 
 fn display_path(path: &Path) -> String {
-    if path.as_os_str() == "-" { "standard input".to_string() } else { path.display().to_string() }
+    if path.as_os_str() == "-" {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    }
 }
 
 fn describe(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| display_path(p)).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| display_path(p))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -23,7 +23,9 @@ impl std::str::FromStr for Format {
             "wide" => Ok(Format::Wide),
             "yaml" | "yml" => Ok(Format::Yaml),
             "json" => Ok(Format::Json),
-            other => Err(format!("unknown output format {other:?} (use ps, wide, yaml or json)")),
+            other => Err(format!(
+                "unknown output format {other:?} (use ps, wide, yaml or json)"
+            )),
         }
     }
 }
@@ -38,12 +40,17 @@ pub fn render(
     with_namespace: bool,
 ) -> Result<String, String> {
     match format {
-        Format::Ps | Format::Wide => {
-            Ok(table(kind, resources, format == Format::Wide, with_namespace))
-        }
+        Format::Ps | Format::Wide => Ok(table(
+            kind,
+            resources,
+            format == Format::Wide,
+            with_namespace,
+        )),
         Format::Json => {
             let value = document(kind, resources, single);
-            serde_json::to_string_pretty(&value).map(|s| s + "\n").map_err(|e| e.to_string())
+            serde_json::to_string_pretty(&value)
+                .map(|s| s + "\n")
+                .map_err(|e| e.to_string())
         }
         Format::Yaml => yaml(&document(kind, resources, single)),
     }
@@ -73,7 +80,11 @@ pub fn table(kind: Kind, resources: &[Resource], wide: bool, with_namespace: boo
     if namespaced {
         header.push("NAMESPACE".into());
     }
-    header.extend(felis_api::table::columns(kind, wide).iter().map(|c| c.to_string()));
+    header.extend(
+        felis_api::table::columns(kind, wide)
+            .iter()
+            .map(|c| c.to_string()),
+    );
     rows.push(header);
     for r in resources {
         let mut row = Vec::new();
@@ -90,14 +101,24 @@ pub fn table(kind: Kind, resources: &[Resource], wide: bool, with_namespace: boo
 pub fn align(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             line.push_str(cell);
-            let pad = widths.get(c).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+            let pad = widths
+                .get(c)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(cell.chars().count());
             line.push_str(&" ".repeat(pad + 3));
         }
         out.push_str(line.trim_end());
@@ -114,7 +135,10 @@ mod tests {
     fn align_pads_columns_to_the_widest_cell() {
         let rows = vec![
             vec!["NAME".to_string(), "CIDR".to_string()],
-            vec!["default-ipv4-ippool".to_string(), "192.168.0.0/16".to_string()],
+            vec![
+                "default-ipv4-ippool".to_string(),
+                "192.168.0.0/16".to_string(),
+            ],
         ];
         assert_eq!(
             align(&rows),

@@ -1,5 +1,7 @@
 //! End-to-end tests of the CLI: the real `felis` binary against a fresh embedded datastore.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -10,7 +12,9 @@ struct Felis {
 
 impl Felis {
     fn new() -> Felis {
-        Felis { dir: tempfile::tempdir().unwrap() }
+        Felis {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn url(&self) -> String {
@@ -87,7 +91,10 @@ fn apply_then_get_shows_the_pools_with_defaults() {
 
     let yaml = felis.ok(&["get", "ippool", "ipip-pool", "-o", "yaml"]);
     assert!(yaml.contains("blockSize: 26"), "defaults filled in: {yaml}");
-    assert!(yaml.contains("vxlanMode: Never"), "defaults filled in: {yaml}");
+    assert!(
+        yaml.contains("vxlanMode: Never"),
+        "defaults filled in: {yaml}"
+    );
     assert!(yaml.contains("resourceVersion"), "{yaml}");
 
     let json = felis.ok(&["get", "networkpolicies", "-A", "-o", "json"]);
@@ -108,7 +115,10 @@ fn get_yaml_round_trips_through_apply() {
     felis.ok(&["apply", "-f", path.to_str().unwrap()]);
     let second = felis.ok(&["get", "ippool", "default-ipv4-ippool", "-o", "yaml"]);
     let strip = |s: &str| {
-        s.lines().filter(|l| !l.contains("resourceVersion")).collect::<Vec<_>>().join("\n")
+        s.lines()
+            .filter(|l| !l.contains("resourceVersion"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     assert_eq!(strip(&first), strip(&second));
 }
@@ -143,15 +153,26 @@ fn apply_from_stdin_and_directories() {
     let felis = Felis::new();
     let pool = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: from-stdin\nspec:\n  cidr: 10.9.0.0/16\n";
     let out = felis.run_with_stdin(&["apply", "-f", "-"], Some(pool));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sub = felis.dir.path().join("manifests/nested");
     std::fs::create_dir_all(&sub).unwrap();
-    std::fs::write(sub.join("p.yaml"), pool.replace("from-stdin", "from-dir").replace("10.9", "10.8"))
-        .unwrap();
+    std::fs::write(
+        sub.join("p.yaml"),
+        pool.replace("from-stdin", "from-dir")
+            .replace("10.9", "10.8"),
+    )
+    .unwrap();
     let dir = felis.dir.path().join("manifests");
     felis.ok(&["apply", "-f", dir.to_str().unwrap(), "-R"]);
     let table = felis.ok(&["get", "pools"]);
-    assert!(table.contains("from-stdin") && table.contains("from-dir"), "{table}");
+    assert!(
+        table.contains("from-stdin") && table.contains("from-dir"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -181,12 +202,27 @@ fn create_replace_delete_follow_calicoctl() {
 fn patch_changes_a_field_and_is_validated() {
     let felis = Felis::new();
     felis.ok(&["apply", "-f", &example()]);
-    felis.ok(&["patch", "ippool", "ipip-pool", "-p", r#"{"spec":{"natOutgoing":false}}"#]);
+    felis.ok(&[
+        "patch",
+        "ippool",
+        "ipip-pool",
+        "-p",
+        r#"{"spec":{"natOutgoing":false}}"#,
+    ]);
     let json = felis.ok(&["get", "ippool", "ipip-pool", "-o", "json"]);
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     // Calico omits false booleans (`omitempty`).
-    assert!(matches!(value["spec"].get("natOutgoing"), None | Some(serde_json::Value::Bool(false))));
-    let err = felis.fails(&["patch", "ippool", "ipip-pool", "-p", r#"{"spec":{"ipipMode":"Sometimes"}}"#]);
+    assert!(matches!(
+        value["spec"].get("natOutgoing"),
+        None | Some(serde_json::Value::Bool(false))
+    ));
+    let err = felis.fails(&[
+        "patch",
+        "ippool",
+        "ipip-pool",
+        "-p",
+        r#"{"spec":{"ipipMode":"Sometimes"}}"#,
+    ]);
     assert!(err.contains("ipipMode"), "{err}");
 }
 
@@ -207,9 +243,21 @@ fn label_sets_and_removes() {
 #[test]
 fn selector_match_prints_true_or_false_and_exits_2_on_bad_selectors() {
     let felis = Felis::new();
-    let yes = felis.ok(&["selector", "match", "role == 'db' && has(tier)", "--labels", r#"{"role":"db","tier":"x"}"#]);
+    let yes = felis.ok(&[
+        "selector",
+        "match",
+        "role == 'db' && has(tier)",
+        "--labels",
+        r#"{"role":"db","tier":"x"}"#,
+    ]);
     assert_eq!(yes.trim(), "true");
-    let no = felis.ok(&["selector", "match", "role == 'db'", "--labels", r#"{"role":"web"}"#]);
+    let no = felis.ok(&[
+        "selector",
+        "match",
+        "role == 'db'",
+        "--labels",
+        r#"{"role":"web"}"#,
+    ]);
     assert_eq!(no.trim(), "false");
     let out = felis.run(&["selector", "match", "role == ", "--labels", "{}"]);
     assert_eq!(out.status.code(), Some(2));

@@ -1,0 +1,726 @@
+//! The calculation graph: resources in, desired host state out.
+//!
+//! It follows Calico's felix route resolver: a route per local workload address on its veth, a
+//! blackhole per block affine to this node, a route per remote block toward the node it is
+//! affine to, and a /32 (/128) for each address borrowed from a block of another node. Each pool's
+//! `vxlanMode` / `ipipMode` picks the route's device: VXLAN and IPIP `Always` encapsulate,
+//! `CrossSubnet` encapsulates only when the remote node's address is outside this node's subnet
+//! (its `bgp.ipv4Address` with prefix length), `Never` routes directly.
+//!
+//! Inputs are facts ([`Update`]); [`CalcGraph::desired`] is the full desired state, and
+//! [`HostState::diff`] the smallest change between two of them. The graph is pure: the same set
+//! of facts gives the same state whatever their order.
+//!
+//! ```text
+//!  Node ─┐
+//!  Pool ─┼─► CalcGraph ──► HostState { routes, vxlan, nat } ──diff──► reconcilers
+//! Block ─┤
+//!   WEP ─┘
+//! ```
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use felis_api::ipam::EncapMode;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A node as the graph needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    /// The node's name.
+    pub name: String,
+    /// Its IPv4 address with prefix length (`spec.bgp.ipv4Address`), the subnet for CrossSubnet.
+    pub ipv4: Option<IpNet>,
+    /// Its IPv6 address with prefix length.
+    pub ipv6: Option<IpNet>,
+    /// Its IPv4 VXLAN tunnel address and device MAC.
+    pub vxlan_v4: Option<Vtep>,
+}
+
+/// A VXLAN tunnel endpoint: the tunnel device's address and MAC.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Vtep {
+    /// The tunnel device's address.
+    pub address: IpAddr,
+    /// The tunnel device's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+}
+
+/// A pool as the graph needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolFacts {
+    /// The pool's name.
+    pub name: String,
+    /// Its CIDR.
+    pub cidr: IpNet,
+    /// IPIP mode.
+    pub ipip_mode: EncapMode,
+    /// VXLAN mode.
+    pub vxlan_mode: EncapMode,
+    /// Masquerade traffic leaving the pools.
+    pub nat_outgoing: bool,
+}
+
+/// An IPAM block as the graph needs it: who it is affine to, and which of its addresses are
+/// held by other nodes (borrowed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockFacts {
+    /// The block's CIDR.
+    pub cidr: IpNet,
+    /// The node the block is affine to, if any.
+    pub affinity: Option<String>,
+    /// Addresses allocated to a node other than the affine one, with that node.
+    pub borrowed: BTreeMap<IpAddr, String>,
+}
+
+/// A workload endpoint on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointFacts {
+    /// The endpoint's key (namespace/name).
+    pub key: String,
+    /// The host side of its veth.
+    pub interface: String,
+    /// Its addresses (/32, /128).
+    pub addresses: Vec<IpNet>,
+}
+
+/// A fact about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    /// A node was created or changed.
+    NodeSet(NodeFacts),
+    /// A node was deleted.
+    NodeDeleted(String),
+    /// A pool was created or changed.
+    PoolSet(PoolFacts),
+    /// A pool was deleted.
+    PoolDeleted(String),
+    /// A block was created or changed.
+    BlockSet(BlockFacts),
+    /// A block was deleted.
+    BlockDeleted(IpNet),
+    /// A workload endpoint on this node was created or changed.
+    EndpointSet(EndpointFacts),
+    /// A workload endpoint on this node was deleted.
+    EndpointDeleted(String),
+}
+
+/// Where a route sends its traffic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RouteTarget {
+    /// A local workload: `dev <interface> scope link`.
+    Workload {
+        /// The veth's host side.
+        interface: String,
+    },
+    /// A block affine to this node: `blackhole`, so unallocated addresses go nowhere.
+    Blackhole,
+    /// Unencapsulated, toward the node's address (resolved through the underlay's routes).
+    Direct {
+        /// The remote node's address.
+        via: IpAddr,
+    },
+    /// VXLAN: `via <remote VTEP> dev vxlan.calico onlink`.
+    Vxlan {
+        /// The remote node's tunnel address.
+        via: IpAddr,
+    },
+    /// IP-in-IP with the remote node's address as outer destination.
+    Ipip {
+        /// The remote node's address.
+        via: IpAddr,
+    },
+}
+
+/// The NAT sets: sources in `masquerade` going to destinations outside `all_pools` are
+/// masqueraded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatSets {
+    /// CIDRs of natOutgoing pools.
+    pub masquerade: BTreeSet<IpNet>,
+    /// CIDRs of every pool.
+    pub all_pools: BTreeSet<IpNet>,
+}
+
+/// The host state this node should have.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Routes by destination.
+    pub routes: BTreeMap<IpNet, RouteTarget>,
+    /// This node's VXLAN device, when some pool uses VXLAN and the node has a tunnel address.
+    pub local_vtep: Option<Vtep>,
+    /// Remote VXLAN endpoints (static ARP + FDB entries), by node address.
+    pub remote_vteps: BTreeMap<IpAddr, Vtep>,
+    /// Whether some pool uses IPIP (so the IPIP device is needed).
+    pub ipip: bool,
+    /// NAT sets.
+    pub nat: NatSets,
+}
+
+/// One change between two [`HostState`]s, in the order to apply it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Add or replace a route.
+    RouteSet(IpNet, RouteTarget),
+    /// Remove a route.
+    RouteDel(IpNet),
+    /// Create or change the local VXLAN device.
+    VtepSet(Vtep),
+    /// Remove the local VXLAN device.
+    VtepDel,
+    /// Add or change a remote VXLAN endpoint (static ARP + FDB toward `node_address`).
+    RemoteVtepSet {
+        /// The remote node's address (the FDB destination).
+        node_address: IpAddr,
+        /// Its tunnel address and MAC.
+        vtep: Vtep,
+    },
+    /// Remove a remote VXLAN endpoint.
+    RemoteVtepDel {
+        /// The remote node's address.
+        node_address: IpAddr,
+        /// Its tunnel address and MAC.
+        vtep: Vtep,
+    },
+    /// Replace the NAT sets.
+    NatSet(NatSets),
+}
+
+impl HostState {
+    /// The changes that turn `self` into `next`: devices before the routes that use them,
+    /// routes removed before devices are.
+    pub fn diff(&self, next: &HostState) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let Some(vtep) = next
+            .local_vtep
+            .as_ref()
+            .filter(|v| self.local_vtep.as_ref() != Some(*v))
+        {
+            changes.push(Change::VtepSet(vtep.clone()));
+        }
+        for (node_address, vtep) in &next.remote_vteps {
+            if self.remote_vteps.get(node_address) != Some(vtep) {
+                if let Some(old) = self.remote_vteps.get(node_address) {
+                    changes.push(Change::RemoteVtepDel {
+                        node_address: *node_address,
+                        vtep: old.clone(),
+                    });
+                }
+                changes.push(Change::RemoteVtepSet {
+                    node_address: *node_address,
+                    vtep: vtep.clone(),
+                });
+            }
+        }
+        for (dst, target) in &next.routes {
+            if self.routes.get(dst) != Some(target) {
+                changes.push(Change::RouteSet(*dst, target.clone()));
+            }
+        }
+        for dst in self.routes.keys() {
+            if !next.routes.contains_key(dst) {
+                changes.push(Change::RouteDel(*dst));
+            }
+        }
+        for (node_address, vtep) in &self.remote_vteps {
+            if !next.remote_vteps.contains_key(node_address) {
+                changes.push(Change::RemoteVtepDel {
+                    node_address: *node_address,
+                    vtep: vtep.clone(),
+                });
+            }
+        }
+        if self.local_vtep.is_some() && next.local_vtep.is_none() {
+            changes.push(Change::VtepDel);
+        }
+        if next.nat != self.nat {
+            changes.push(Change::NatSet(next.nat.clone()));
+        }
+        changes
+    }
+}
+
+/// The calculation graph of one node.
+#[derive(Debug, Clone)]
+pub struct CalcGraph {
+    local_node: String,
+    nodes: BTreeMap<String, NodeFacts>,
+    pools: BTreeMap<String, PoolFacts>,
+    blocks: BTreeMap<IpNet, BlockFacts>,
+    endpoints: BTreeMap<String, EndpointFacts>,
+}
+
+impl CalcGraph {
+    /// An empty graph for the node named `local_node`.
+    pub fn new(local_node: impl Into<String>) -> CalcGraph {
+        CalcGraph {
+            local_node: local_node.into(),
+            nodes: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    /// Takes in one fact.
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::NodeSet(node) => {
+                self.nodes.insert(node.name.clone(), node);
+            }
+            Update::NodeDeleted(name) => {
+                self.nodes.remove(&name);
+            }
+            Update::PoolSet(pool) => {
+                self.pools.insert(pool.name.clone(), pool);
+            }
+            Update::PoolDeleted(name) => {
+                self.pools.remove(&name);
+            }
+            Update::BlockSet(block) => {
+                self.blocks.insert(block.cidr, block);
+            }
+            Update::BlockDeleted(cidr) => {
+                self.blocks.remove(&cidr);
+            }
+            Update::EndpointSet(endpoint) => {
+                self.endpoints.insert(endpoint.key.clone(), endpoint);
+            }
+            Update::EndpointDeleted(key) => {
+                self.endpoints.remove(&key);
+            }
+        }
+    }
+
+    /// The host state this node should have, given every fact so far.
+    pub fn desired(&self) -> HostState {
+        let mut state = HostState::default();
+        let local = self.nodes.get(&self.local_node);
+        for pool in self.pools.values() {
+            state.nat.all_pools.insert(pool.cidr);
+            if pool.nat_outgoing {
+                state.nat.masquerade.insert(pool.cidr);
+            }
+            state.ipip |= pool.ipip_mode != EncapMode::Never;
+        }
+        let vxlan_used = self
+            .pools
+            .values()
+            .any(|p| p.vxlan_mode != EncapMode::Never);
+        if vxlan_used {
+            state.local_vtep = local.and_then(|n| n.vxlan_v4.clone());
+            if state.local_vtep.is_some() {
+                for node in self.nodes.values().filter(|n| n.name != self.local_node) {
+                    if let (Some(vtep), Some(address)) = (&node.vxlan_v4, node.ipv4) {
+                        state.remote_vteps.insert(address.addr(), vtep.clone());
+                    }
+                }
+            }
+        }
+        for block in self.blocks.values() {
+            match block.affinity.as_deref() {
+                Some(node) if node == self.local_node => {
+                    state.routes.insert(block.cidr, RouteTarget::Blackhole);
+                }
+                Some(node) => {
+                    if let Some(target) = self.route_to(node, block.cidr, local, &state) {
+                        state.routes.insert(block.cidr, target);
+                    }
+                }
+                None => {}
+            }
+            for (address, holder) in &block.borrowed {
+                if holder == &self.local_node {
+                    continue; // the workload route below covers it
+                }
+                let host = IpNet::from(*address);
+                if let Some(target) = self.route_to(holder, host, local, &state) {
+                    state.routes.insert(host, target);
+                }
+            }
+        }
+        for endpoint in self.endpoints.values() {
+            for address in &endpoint.addresses {
+                let host = IpNet::new(address.addr(), address.max_prefix_len()).unwrap_or(*address);
+                state.routes.insert(
+                    host,
+                    RouteTarget::Workload {
+                        interface: endpoint.interface.clone(),
+                    },
+                );
+            }
+        }
+        state
+    }
+
+    /// The route toward `node` for `dst` (a block or a borrowed address), by the mode of the pool
+    /// that contains `dst`. `None` when the node or a needed tunnel address is not known yet.
+    fn route_to(
+        &self,
+        node: &str,
+        dst: IpNet,
+        local: Option<&NodeFacts>,
+        state: &HostState,
+    ) -> Option<RouteTarget> {
+        let remote = self.nodes.get(node)?;
+        let remote_address = match dst {
+            IpNet::V4(_) => remote.ipv4?,
+            IpNet::V6(_) => remote.ipv6?,
+        };
+        let same_subnet = local
+            .and_then(|l| match dst {
+                IpNet::V4(_) => l.ipv4,
+                IpNet::V6(_) => l.ipv6,
+            })
+            .is_some_and(|subnet| subnet.trunc().contains(&remote_address.addr()));
+        let pool = self.pools.values().find(|p| p.cidr.contains(&dst));
+        let (ipip, vxlan) = pool.map_or((EncapMode::Never, EncapMode::Never), |p| {
+            (p.ipip_mode, p.vxlan_mode)
+        });
+        let encapsulate = |mode: EncapMode| match mode {
+            EncapMode::Never => false,
+            EncapMode::Always => true,
+            EncapMode::CrossSubnet => !same_subnet,
+        };
+        if encapsulate(vxlan) {
+            let vtep = remote.vxlan_v4.as_ref()?;
+            // Without a local VXLAN device the route could not be programmed.
+            state.local_vtep.as_ref()?;
+            return Some(RouteTarget::Vxlan { via: vtep.address });
+        }
+        if encapsulate(ipip) && dst.addr().is_ipv4() {
+            return Some(RouteTarget::Ipip {
+                via: remote_address.addr(),
+            });
+        }
+        Some(RouteTarget::Direct {
+            via: remote_address.addr(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn node(name: &str, address: &str, vtep: Option<(&str, &str)>) -> Update {
+        Update::NodeSet(NodeFacts {
+            name: name.into(),
+            ipv4: Some(net(address)),
+            ipv6: None,
+            vxlan_v4: vtep.map(|(a, m)| Vtep {
+                address: ip(a),
+                mac: m.into(),
+            }),
+        })
+    }
+
+    fn pool(cidr: &str, ipip: EncapMode, vxlan: EncapMode, nat: bool) -> Update {
+        Update::PoolSet(PoolFacts {
+            name: format!("pool-{cidr}"),
+            cidr: net(cidr),
+            ipip_mode: ipip,
+            vxlan_mode: vxlan,
+            nat_outgoing: nat,
+        })
+    }
+
+    fn block(cidr: &str, node: &str) -> Update {
+        Update::BlockSet(BlockFacts {
+            cidr: net(cidr),
+            affinity: Some(node.into()),
+            borrowed: BTreeMap::new(),
+        })
+    }
+
+    /// Three nodes: a and b share 10.0.1.0/24, c is in 10.0.2.0/24.
+    fn cluster(ipip: EncapMode, vxlan: EncapMode) -> CalcGraph {
+        let mut g = CalcGraph::new("a");
+        for u in [
+            node(
+                "a",
+                "10.0.1.10/24",
+                Some(("10.244.0.0", "66:aa:aa:aa:aa:aa")),
+            ),
+            node(
+                "b",
+                "10.0.1.11/24",
+                Some(("10.244.0.64", "66:bb:bb:bb:bb:bb")),
+            ),
+            node(
+                "c",
+                "10.0.2.12/24",
+                Some(("10.244.0.128", "66:cc:cc:cc:cc:cc")),
+            ),
+            pool("10.244.0.0/16", ipip, vxlan, true),
+            block("10.244.0.0/26", "a"),
+            block("10.244.0.64/26", "b"),
+            block("10.244.0.128/26", "c"),
+        ] {
+            g.apply(u);
+        }
+        g
+    }
+
+    #[test]
+    fn local_blocks_blackhole_and_local_workloads_route_to_their_veth() {
+        let mut g = cluster(EncapMode::Never, EncapMode::Never);
+        g.apply(Update::EndpointSet(EndpointFacts {
+            key: "ns/pod".into(),
+            interface: "cali1234567890a".into(),
+            addresses: vec![net("10.244.0.5/32")],
+        }));
+        let state = g.desired();
+        assert_eq!(state.routes[&net("10.244.0.0/26")], RouteTarget::Blackhole);
+        assert_eq!(
+            state.routes[&net("10.244.0.5/32")],
+            RouteTarget::Workload {
+                interface: "cali1234567890a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn vxlan_cross_subnet_is_direct_within_the_subnet_and_vxlan_across() {
+        let state = cluster(EncapMode::Never, EncapMode::CrossSubnet).desired();
+        assert_eq!(
+            state.routes[&net("10.244.0.64/26")],
+            RouteTarget::Direct {
+                via: ip("10.0.1.11")
+            }
+        );
+        assert_eq!(
+            state.routes[&net("10.244.0.128/26")],
+            RouteTarget::Vxlan {
+                via: ip("10.244.0.128")
+            }
+        );
+        assert_eq!(state.local_vtep.unwrap().address, ip("10.244.0.0"));
+        assert_eq!(state.remote_vteps.len(), 2);
+    }
+
+    #[test]
+    fn vxlan_always_encapsulates_everything() {
+        let state = cluster(EncapMode::Never, EncapMode::Always).desired();
+        assert_eq!(
+            state.routes[&net("10.244.0.64/26")],
+            RouteTarget::Vxlan {
+                via: ip("10.244.0.64")
+            }
+        );
+    }
+
+    #[test]
+    fn ipip_cross_subnet_encapsulates_only_across_subnets() {
+        let state = cluster(EncapMode::CrossSubnet, EncapMode::Never).desired();
+        assert_eq!(
+            state.routes[&net("10.244.0.64/26")],
+            RouteTarget::Direct {
+                via: ip("10.0.1.11")
+            }
+        );
+        assert_eq!(
+            state.routes[&net("10.244.0.128/26")],
+            RouteTarget::Ipip {
+                via: ip("10.0.2.12")
+            }
+        );
+        assert!(state.ipip);
+        assert!(
+            state.local_vtep.is_none(),
+            "no VXLAN device without a VXLAN pool"
+        );
+    }
+
+    #[test]
+    fn never_routes_directly_even_across_subnets() {
+        let state = cluster(EncapMode::Never, EncapMode::Never).desired();
+        assert_eq!(
+            state.routes[&net("10.244.0.128/26")],
+            RouteTarget::Direct {
+                via: ip("10.0.2.12")
+            }
+        );
+    }
+
+    #[test]
+    fn borrowed_addresses_get_host_routes_to_their_holder() {
+        let mut g = cluster(EncapMode::Never, EncapMode::CrossSubnet);
+        // c borrowed an address from a's block: a must not blackhole it.
+        g.apply(Update::BlockSet(BlockFacts {
+            cidr: net("10.244.0.0/26"),
+            affinity: Some("a".into()),
+            borrowed: [(ip("10.244.0.9"), "c".to_string())].into(),
+        }));
+        let state = g.desired();
+        assert_eq!(
+            state.routes[&net("10.244.0.9/32")],
+            RouteTarget::Vxlan {
+                via: ip("10.244.0.128")
+            }
+        );
+        assert_eq!(state.routes[&net("10.244.0.0/26")], RouteTarget::Blackhole);
+    }
+
+    #[test]
+    fn nat_sets_hold_natoutgoing_pools_and_all_pools() {
+        let mut g = cluster(EncapMode::Never, EncapMode::Never);
+        g.apply(pool(
+            "10.96.0.0/20",
+            EncapMode::Never,
+            EncapMode::Never,
+            false,
+        ));
+        let nat = g.desired().nat;
+        assert_eq!(nat.masquerade, [net("10.244.0.0/16")].into());
+        assert_eq!(
+            nat.all_pools,
+            [net("10.244.0.0/16"), net("10.96.0.0/20")].into()
+        );
+    }
+
+    #[test]
+    fn a_remote_block_of_an_unknown_node_gets_no_route_until_the_node_appears() {
+        let mut g = CalcGraph::new("a");
+        g.apply(node("a", "10.0.1.10/24", None));
+        g.apply(pool(
+            "10.244.0.0/16",
+            EncapMode::Never,
+            EncapMode::Never,
+            false,
+        ));
+        g.apply(block("10.244.0.64/26", "b"));
+        assert!(g.desired().routes.is_empty());
+        g.apply(node("b", "10.0.1.11/24", None));
+        assert_eq!(g.desired().routes.len(), 1);
+    }
+
+    #[test]
+    fn diff_orders_devices_before_routes_and_removals_last() {
+        let before = HostState::default();
+        let after = cluster(EncapMode::Never, EncapMode::Always).desired();
+        let changes = before.diff(&after);
+        assert!(matches!(changes.first(), Some(Change::VtepSet(_))));
+        let back = after.diff(&before);
+        assert!(matches!(back.iter().rev().nth(1), Some(Change::VtepDel)));
+        assert!(matches!(back.last(), Some(Change::NatSet(_))));
+        assert!(after.diff(&after).is_empty());
+    }
+
+    fn arb_update() -> impl Strategy<Value = Update> {
+        let names = prop::sample::select(vec!["a", "b", "c"]);
+        prop_oneof![
+            (names.clone(), 1u8..4, any::<bool>()).prop_map(|(n, subnet, vtep)| {
+                let index = n.as_bytes()[0] - b'a';
+                Update::NodeSet(NodeFacts {
+                    name: n.into(),
+                    ipv4: Some(IpNet::V4(
+                        ipnet::Ipv4Net::new(Ipv4Addr::new(10, 0, subnet, 10 + index), 24).unwrap(),
+                    )),
+                    ipv6: None,
+                    vxlan_v4: vtep.then(|| Vtep {
+                        address: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 64 * index)),
+                        mac: format!("66:00:00:00:00:0{index}"),
+                    }),
+                })
+            }),
+            names.clone().prop_map(|n| Update::NodeDeleted(n.into())),
+            (0u8..4, names.clone())
+                .prop_map(|(b, n)| { block(&format!("10.244.0.{}/26", 64 * u32::from(b)), n) }),
+            (0u8..3).prop_map(|m| {
+                let mode =
+                    [EncapMode::Never, EncapMode::Always, EncapMode::CrossSubnet][m as usize];
+                pool("10.244.0.0/16", EncapMode::Never, mode, m == 1)
+            }),
+        ]
+    }
+
+    proptest! {
+        /// The desired state depends only on the final facts, not on their order or repetition.
+        #[test]
+        fn desired_state_is_independent_of_update_order(
+            updates in prop::collection::vec(arb_update(), 1..30),
+            seed in any::<u64>(),
+        ) {
+            // Keep the last update per object: that is the final fact set.
+            let mut last: BTreeMap<String, Update> = BTreeMap::new();
+            for u in &updates {
+                let key = match u {
+                    Update::NodeSet(n) => format!("node/{}", n.name),
+                    Update::NodeDeleted(n) => format!("node/{n}"),
+                    Update::PoolSet(p) => format!("pool/{}", p.name),
+                    Update::PoolDeleted(p) => format!("pool/{p}"),
+                    Update::BlockSet(b) => format!("block/{}", b.cidr),
+                    Update::BlockDeleted(b) => format!("block/{b}"),
+                    Update::EndpointSet(e) => format!("ep/{}", e.key),
+                    Update::EndpointDeleted(e) => format!("ep/{e}"),
+                };
+                last.insert(key, u.clone());
+            }
+            let mut in_order = CalcGraph::new("a");
+            for u in updates {
+                in_order.apply(u);
+            }
+            let mut finals: Vec<Update> = last.into_values().collect();
+            // A deterministic shuffle from the seed.
+            let n = finals.len();
+            let mut s = seed;
+            for i in (1..n).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                finals.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            let mut shuffled = CalcGraph::new("a");
+            for u in finals.iter().cloned().chain(finals.iter().cloned()) {
+                shuffled.apply(u);
+            }
+            prop_assert_eq!(in_order.desired(), shuffled.desired());
+        }
+
+        /// Applying the diff between two states to the first gives the second.
+        #[test]
+        fn diff_then_apply_reaches_the_target(
+            a in prop::collection::vec(arb_update(), 0..20),
+            b in prop::collection::vec(arb_update(), 0..20),
+        ) {
+            let state = |updates: Vec<Update>| {
+                let mut g = CalcGraph::new("a");
+                for u in updates { g.apply(u); }
+                g.desired()
+            };
+            let (from, to) = (state(a), state(b));
+            let mut reached = from.clone();
+            for change in from.diff(&to) {
+                match change {
+                    Change::RouteSet(dst, t) => { reached.routes.insert(dst, t); }
+                    Change::RouteDel(dst) => { reached.routes.remove(&dst); }
+                    Change::VtepSet(v) => reached.local_vtep = Some(v),
+                    Change::VtepDel => reached.local_vtep = None,
+                    Change::RemoteVtepSet { node_address, vtep } => {
+                        reached.remote_vteps.insert(node_address, vtep);
+                    }
+                    Change::RemoteVtepDel { node_address, .. } => {
+                        reached.remote_vteps.remove(&node_address);
+                    }
+                    Change::NatSet(n) => reached.nat = n,
+                }
+            }
+            reached.ipip = to.ipip;
+            prop_assert_eq!(reached, to);
+        }
+    }
+}
