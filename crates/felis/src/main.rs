@@ -103,6 +103,9 @@ enum Command {
     /// Selector tools.
     #[command(subcommand)]
     Selector(SelectorCommand),
+    /// A whole cluster in network namespaces on this machine, with an emulated AWS-like VPC.
+    #[command(subcommand)]
+    Lab(LabCommand),
     /// Print the version.
     Version,
 }
@@ -117,6 +120,79 @@ enum SelectorCommand {
         #[arg(long, default_value = "{}")]
         labels: String,
     },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build the VPC, hosts and workloads, and start the agents.
+    Up {
+        #[command(flatten)]
+        name: LabName,
+        /// Number of hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Number of VPC subnets (hosts go round-robin over them).
+        #[arg(long, default_value_t = 2)]
+        subnets: usize,
+        /// Workloads per host.
+        #[arg(long, default_value_t = 2)]
+        workloads: usize,
+        /// The pool's encapsulation: vxlan-cross-subnet, vxlan, ipip-cross-subnet, ipip or none.
+        #[arg(long, default_value = "vxlan-cross-subnet")]
+        pool_mode: String,
+        /// The hosts' emulated source/destination checks (AWS's default is on; Calico's guide
+        /// says to turn them off).
+        #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+        src_dst_check: String,
+    },
+    /// List the lab's hosts and workloads.
+    Ps {
+        #[command(flatten)]
+        name: LabName,
+        /// Output format: table (default) or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Run a command in a host's or workload's network namespace.
+    Exec {
+        #[command(flatten)]
+        name: LabName,
+        /// The host or workload (see `felis lab ps`).
+        target: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Probe every workload to every other and to the internet.
+    Check {
+        #[command(flatten)]
+        name: LabName,
+        /// Output format: table (default) or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Turn a host's emulated source/destination check on or off.
+    SrcDstCheck {
+        #[command(flatten)]
+        name: LabName,
+        /// The host.
+        host: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Remove everything the lab made.
+    Down {
+        #[command(flatten)]
+        name: LabName,
+    },
+}
+
+#[derive(Args)]
+struct LabName {
+    /// The lab's name: several labs can run at once.
+    #[arg(long, default_value = "felis")]
+    name: String,
 }
 
 #[derive(Args)]
@@ -163,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Selector(SelectorCommand::Match { selector, labels }) => {
             selector_match(&selector, &labels)
         }
+        Command::Lab(command) => lab(command),
         Command::Apply(args) => write(datastore, &args, WriteMode::Apply, "applied"),
         Command::Create { files, skip_exists } => write(
             datastore,
@@ -274,6 +351,122 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LabCommand::Up {
+            name,
+            hosts,
+            subnets,
+            workloads,
+            pool_mode,
+            src_dst_check,
+        } => {
+            let spec = felis_lab::LabSpec {
+                name: name.name,
+                hosts,
+                subnets,
+                workloads,
+                pool_mode: felis_lab::PoolMode::parse(&pool_mode)?,
+                src_dst_check: src_dst_check == "on",
+            };
+            let state = felis_lab::create(spec)?;
+            print!("{}", lab_table(&state.listing()));
+            println!(
+                "lab {} is up (datastore {})",
+                state.plan.spec.name, state.datastore
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Ps { name, output } => {
+            let listing = felis_lab::State::load(&name.name)?.listing();
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", lab_table(&listing));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Exec {
+            name,
+            target,
+            command,
+        } => {
+            let state = felis_lab::State::load(&name.name)?;
+            let code = felis_lab::exec(&state, &target, &command)?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        LabCommand::Check { name, output } => {
+            let state = felis_lab::State::load(&name.name)?;
+            let report = felis_lab::check(&state);
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let mut rows = vec![vec![
+                    "FROM".to_string(),
+                    "TO".to_string(),
+                    "ADDRESS".to_string(),
+                    "RESULT".to_string(),
+                ]];
+                for p in &report.probes {
+                    let result = if p.ok { "ok" } else { "FAIL" };
+                    rows.push(vec![
+                        p.from.clone(),
+                        p.to.clone(),
+                        p.address.clone(),
+                        result.into(),
+                    ]);
+                }
+                print!("{}", output::align(&rows));
+                println!("{} passed, {} failed", report.passed, report.failed);
+            }
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        LabCommand::SrcDstCheck { name, host, state } => {
+            felis_lab::set_src_dst_check(&name.name, &host, state == "on")?;
+            println!("source/destination check of {host} is {state}");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Down { name } => {
+            let removed = felis_lab::destroy(&name.name)?;
+            println!(
+                "lab {} is down ({} namespaces removed)",
+                name.name,
+                removed.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn lab_table(listing: &felis_lab::Listing) -> String {
+    let mut rows = vec![vec![
+        "HOST".to_string(),
+        "SUBNET".to_string(),
+        "ADDRESS".to_string(),
+    ]];
+    for h in &listing.hosts {
+        rows.push(vec![h.name.clone(), h.subnet.clone(), h.address.clone()]);
+    }
+    let mut text = output::align(&rows);
+    if !listing.workloads.is_empty() {
+        let mut rows = vec![vec![
+            "WORKLOAD".to_string(),
+            "HOST".to_string(),
+            "ADDRESS".to_string(),
+        ]];
+        for w in &listing.workloads {
+            rows.push(vec![w.name.clone(), w.host.clone(), w.address.clone()]);
+        }
+        text.push('\n');
+        text.push_str(&output::align(&rows));
+    }
+    text
 }
 
 fn open(flag: Option<String>) -> anyhow::Result<std::sync::Arc<dyn felis_store::Datastore>> {
