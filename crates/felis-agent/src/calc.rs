@@ -295,6 +295,13 @@ impl CalcGraph {
         }
     }
 
+    /// Whether some pool uses VXLAN (so this node needs a tunnel address).
+    pub fn uses_vxlan(&self) -> bool {
+        self.pools
+            .values()
+            .any(|p| p.vxlan_mode != EncapMode::Never)
+    }
+
     /// The host state this node should have, given every fact so far.
     pub fn desired(&self) -> HostState {
         let mut state = HostState::default();

@@ -5,4 +5,9 @@
 //! neighbours, NAT sets). Reconcilers (netlink, nftables) and the datastore watch sit above it and
 //! make no decisions of their own.
 
+pub mod autodetect;
 pub mod calc;
+pub mod dataplane;
+pub mod nat;
+pub mod run;
+pub mod sync;

@@ -1,5 +1,4 @@
 //! The library half of the `felis` binary: the resource client behind `apply`, `get`, `delete`,
 //! `patch` and `label`, and the output formats. The binary (`main.rs`) only parses arguments.
 
-pub mod client;
 pub mod output;

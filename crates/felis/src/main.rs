@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use felis::client::{Client, LabelOp, WriteMode, WriteSummary};
 use felis::output::{self, Format};
 use felis_api::{Kind, Resource};
+use felis_client::{Client, LabelOp, WriteMode, WriteSummary};
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +103,9 @@ enum Command {
     /// Selector tools.
     #[command(subcommand)]
     Selector(SelectorCommand),
+    /// The node agent.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// A whole cluster in network namespaces on this machine, with an emulated AWS-like VPC.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -120,6 +123,48 @@ enum SelectorCommand {
         #[arg(long, default_value = "{}")]
         labels: String,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run the node agent: register this node, then keep its routes, tunnels and NAT in line
+    /// with the datastore.
+    Run(NodeRunArgs),
+}
+
+#[derive(Args)]
+struct NodeRunArgs {
+    /// This node's name (default: the host name).
+    #[arg(long, env = "NODENAME")]
+    nodename: Option<String>,
+    /// This node's IPv4 address with prefix length, or `autodetect`.
+    #[arg(long, env = "IP", default_value = "autodetect")]
+    ip: String,
+    /// How to autodetect: first-found, interface=REGEX, skip-interface=REGEX, cidr=CIDR,
+    /// can-reach=IP.
+    #[arg(long, env = "IP_AUTODETECTION_METHOD", default_value = "first-found")]
+    ip_autodetection_method: String,
+    /// Address of the health endpoint (`/liveness`, `/readiness`).
+    #[arg(long, env = "FELIS_HEALTH_ADDRESS", default_value = "127.0.0.1:9099")]
+    health_address: std::net::SocketAddr,
+    /// Where `nodename` and `mtu` are written for the CNI plugin.
+    #[arg(long, env = "FELIS_STATE_DIR", default_value = "/var/lib/felis")]
+    state_dir: PathBuf,
+    /// Create this IPv4 pool (`default-ipv4-ippool`) if no pool exists.
+    #[arg(long, env = "CALICO_IPV4POOL_CIDR")]
+    ipv4_pool_cidr: Option<ipnet::IpNet>,
+    /// The default pool's vxlanMode: Never, Always or CrossSubnet.
+    #[arg(long, env = "CALICO_IPV4POOL_VXLAN", default_value = "Never")]
+    ipv4_pool_vxlan: String,
+    /// The default pool's ipipMode: Never, Always or CrossSubnet.
+    #[arg(long, env = "CALICO_IPV4POOL_IPIP", default_value = "Never")]
+    ipv4_pool_ipip: String,
+    /// The default pool's natOutgoing.
+    #[arg(long, env = "CALICO_IPV4POOL_NAT_OUTGOING", default_value_t = true, action = clap::ArgAction::Set)]
+    ipv4_pool_nat_outgoing: bool,
+    /// Seconds between full reconciliations.
+    #[arg(long, default_value_t = 90)]
+    resync_interval: u64,
 }
 
 #[derive(Subcommand)]
@@ -240,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             selector_match(&selector, &labels)
         }
         Command::Lab(command) => lab(command),
+        Command::Node(NodeCommand::Run(args)) => node_run(datastore, args),
         Command::Apply(args) => write(datastore, &args, WriteMode::Apply, "applied"),
         Command::Create { files, skip_exists } => write(
             datastore,
@@ -305,7 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = Client::new(store.as_ref());
             let ns = kind.is_namespaced().then_some(namespace.as_str());
             client.modify(kind, ns, &name, &|value| {
-                felis::client::merge_patch(value, &patch);
+                felis_client::merge_patch(value, &patch);
                 Ok(())
             })?;
             println!("Successfully patched 1 '{}' resource", kind.name());
@@ -334,7 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = Client::new(store.as_ref());
             let ns = kind.is_namespaced().then_some(namespace.as_str());
             client.modify(kind, ns, &name, &|value| {
-                felis::client::label_change(value, &op)
+                felis_client::label_change(value, &op)
             })?;
             match &op {
                 LabelOp::Set { key, value, .. } => println!(
@@ -351,6 +397,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn node_run(datastore: Option<String>, args: NodeRunArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FELIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let node_name = match args.nodename {
+        Some(n) if !n.is_empty() => n,
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name (or pass --nodename)")?
+            .trim()
+            .to_string(),
+    };
+    let ip = if args.ip == "autodetect" {
+        let method = felis_agent::autodetect::Method::parse(&args.ip_autodetection_method)
+            .map_err(anyhow::Error::msg)
+            .context("--ip-autodetection-method")?;
+        felis_agent::run::IpSetting::Autodetect(method)
+    } else {
+        let net: ipnet::IpNet = args
+            .ip
+            .parse()
+            .with_context(|| format!("--ip {:?}: give an address with its prefix length, e.g. 10.0.1.5/24, or `autodetect`", args.ip))?;
+        felis_agent::run::IpSetting::Fixed(net)
+    };
+    let mode = |flag: &str, value: &str| -> anyhow::Result<felis_api::EncapMode> {
+        serde_json::from_value(serde_json::Value::String(value.to_string()))
+            .with_context(|| format!("{flag} {value:?}: use Never, Always or CrossSubnet"))
+    };
+    let default_pool = match args.ipv4_pool_cidr {
+        Some(cidr) => Some(felis_agent::run::DefaultPool {
+            cidr,
+            vxlan_mode: mode("--ipv4-pool-vxlan", &args.ipv4_pool_vxlan)?,
+            ipip_mode: mode("--ipv4-pool-ipip", &args.ipv4_pool_ipip)?,
+            nat_outgoing: args.ipv4_pool_nat_outgoing,
+        }),
+        None => None,
+    };
+    let config = felis_agent::run::Config {
+        node_name,
+        ip,
+        store: open(datastore)?,
+        health_address: args.health_address,
+        default_pool,
+        resync_interval: std::time::Duration::from_secs(args.resync_interval.max(1)),
+        state_dir: args.state_dir,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        };
+        felis_agent::run::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {

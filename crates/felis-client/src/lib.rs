@@ -1,4 +1,5 @@
-//! Moves v3 resources between YAML/JSON documents and a [`Datastore`], as calicoctl does.
+//! Reads and writes v3 resources in a [`Datastore`], as calicoctl does. Used by the CLI, the
+//! node agent (its Node) and the CNI plugin (WorkloadEndpoints).
 //!
 //! Writes of a multi-document file go into one store transaction: all of them land or none.
 //! Values are stored as the resource's JSON without `resourceVersion`; reads set
@@ -291,6 +292,51 @@ impl<'a> Client<'a> {
                     return Ok(resource);
                 }
                 Err(felis_store::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::TooManyConflicts)
+    }
+}
+
+impl Client<'_> {
+    /// Reads a resource (or its absence), lets `change` say what it should be, and writes that
+    /// with compare-and-swap (create when absent), retrying from a fresh read on conflicts.
+    pub fn upsert(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        change: &dyn Fn(Option<Resource>) -> Result<Resource, Error>,
+    ) -> Result<Resource, Error> {
+        let key = felis_api::key_for(kind, namespace, name);
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.store.get(&key)?;
+            let existing = current.as_ref().map(decode).transpose()?;
+            let mut resource = change(existing)?;
+            if resource.key() != key {
+                return Err(Error::Patch(
+                    "an upsert may not change the name or namespace".into(),
+                ));
+            }
+            resource.metadata_mut().resource_version = None;
+            let result = match &current {
+                Some(kv) => {
+                    let bytes = encode_replacement(&resource, kv)?;
+                    self.store.update(&key, &bytes, Some(kv.mod_revision))
+                }
+                None => self.store.create(&key, &encode_new(&resource)?),
+            };
+            match result {
+                Ok(revision) => {
+                    resource.metadata_mut().resource_version = Some(revision.to_string());
+                    return Ok(resource);
+                }
+                Err(
+                    felis_store::Error::Conflict { .. }
+                    | felis_store::Error::AlreadyExists { .. }
+                    | felis_store::Error::NotFound { .. },
+                ) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -1,0 +1,547 @@
+//! The agent's shell: start-up (IP autodetection, Node registration, default pool, VXLAN tunnel
+//! address), the datastore watch feeding the calculation graph, the reconcile loop, and the
+//! health endpoint. It makes no decisions: those are in [`crate::calc`] and [`crate::dataplane`].
+//!
+//! ```text
+//!  watch thread ──(Snapshot | Put | Delete)──► loop: graph.apply ─► desired ─► Dataplane
+//!   (blocking store)          mpsc               ▲ resync timer, retry after errors
+//! ```
+
+use std::net::IpAddr;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::SystemTime;
+
+use felis_api::Kind;
+use felis_api::ObjectMeta;
+use felis_api::Resource;
+use felis_api::ipam::EncapMode;
+use felis_api::ipam::IpPool;
+use felis_api::ipam::IpPoolSpec;
+use felis_api::node::Node;
+use felis_api::node::NodeBgpSpec;
+use felis_client::Client;
+use felis_netlink::Handle;
+use felis_store::Datastore;
+use felis_store::Revision;
+use felis_store::WatchEvent;
+use ipnet::IpNet;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tracing::info;
+use tracing::warn;
+
+use crate::autodetect;
+use crate::calc::CalcGraph;
+use crate::calc::Update;
+use crate::dataplane::Dataplane;
+use crate::dataplane::VXLAN_OVERHEAD;
+use crate::sync;
+
+/// How the node's address is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpSetting {
+    /// Given (`--ip 10.0.1.10/24`).
+    Fixed(IpNet),
+    /// Detected with a method (`--ip autodetect`, `IP_AUTODETECTION_METHOD`).
+    Autodetect(autodetect::Method),
+}
+
+/// A default pool to create when no pool exists (calico-node's `CALICO_IPV4POOL_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultPool {
+    /// Its CIDR.
+    pub cidr: IpNet,
+    /// `vxlanMode`.
+    pub vxlan_mode: EncapMode,
+    /// `ipipMode`.
+    pub ipip_mode: EncapMode,
+    /// `natOutgoing`.
+    pub nat_outgoing: bool,
+}
+
+/// The agent's configuration.
+pub struct Config {
+    /// The node's name.
+    pub node_name: String,
+    /// How its address is chosen.
+    pub ip: IpSetting,
+    /// The datastore.
+    pub store: Arc<dyn Datastore>,
+    /// Where `/liveness` and `/readiness` are served.
+    pub health_address: SocketAddr,
+    /// A pool to create if none exists.
+    pub default_pool: Option<DefaultPool>,
+    /// Full reconciliation period.
+    pub resync_interval: Duration,
+    /// Where `nodename` and `mtu` are written for the CNI plugin.
+    pub state_dir: PathBuf,
+}
+
+/// Agent errors (start-up; the loop itself retries).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable address.
+    #[error("no IPv4 address found with autodetection method {0:?}")]
+    NoAddress(String),
+    /// Netlink failed.
+    #[error("{0}")]
+    Netlink(String, #[source] felis_netlink::Error),
+    /// The datastore failed.
+    #[error("datastore: {0}")]
+    Client(#[from] felis_client::Error),
+    /// The datastore failed.
+    #[error("datastore")]
+    Store(#[from] felis_store::Error),
+    /// IPAM failed.
+    #[error("allocating the VXLAN tunnel address")]
+    Ipam(#[from] felis_ipam::Error),
+    /// A file could not be written.
+    #[error("writing {path}")]
+    File {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The health endpoint could not listen.
+    #[error("health endpoint on {address}")]
+    Health {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+enum StoreEvent {
+    Snapshot(Vec<felis_store::KeyValue>),
+    Put(felis_store::KeyValue),
+    Delete(String),
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let handle = Handle::current()
+        .await
+        .map_err(|e| Error::Netlink("netlink".into(), e))?;
+    let address = match &config.ip {
+        IpSetting::Fixed(net) => *net,
+        IpSetting::Autodetect(method) => detect(&handle, method).await?,
+    };
+    let host_mtu = host_mtu(&handle).await;
+    info!(node = %config.node_name, %address, host_mtu, "starting");
+    handle
+        .write_sysctls(&[("net.ipv4.ip_forward".to_string(), "1".to_string())])
+        .map_err(|e| Error::Netlink("enabling IP forwarding".into(), e))?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(config.health_address)
+        .await
+        .map_err(|source| Error::Health {
+            address: config.health_address,
+            source,
+        })?;
+    tokio::spawn(serve_health(listener, ready.clone()));
+
+    let store = config.store.clone();
+    let node_name = config.node_name.clone();
+    let default_pool = config.default_pool.clone();
+    blocking(move || register(store.as_ref(), &node_name, address, default_pool.as_ref()))
+        .await??;
+    write_state(&config, host_mtu)?;
+
+    let (tx, mut rx) = mpsc::channel::<StoreEvent>(1024);
+    let store = config.store.clone();
+    std::thread::Builder::new()
+        .name("store-watch".into())
+        .spawn(move || watch_store(store.as_ref(), &tx))
+        .map_err(|e| Error::Task(e.to_string()))?;
+
+    let mut graph = CalcGraph::new(config.node_name.clone());
+    let mut dataplane = Dataplane::new(handle, address.addr(), host_mtu);
+    let mut resync = tokio::time::interval(config.resync_interval);
+    let mut retry_after_error = false;
+    let mut tunnel_checked_for: Option<bool> = None;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down; the dataplane stays as it is");
+                return Ok(());
+            }
+            event = rx.recv() => {
+                let Some(event) = event else { return Err(Error::Task("store watch ended".into())) };
+                apply_event(&mut graph, &config.node_name, event);
+                // Take everything already queued before reconciling once.
+                while let Ok(event) = rx.try_recv() {
+                    apply_event(&mut graph, &config.node_name, event);
+                }
+            }
+            _ = resync.tick() => dataplane.invalidate(),
+            _ = tokio::time::sleep(Duration::from_secs(1)), if retry_after_error => {}
+        }
+        let desired = graph.desired();
+        // A VXLAN pool needs this node's tunnel address: allocate it once pools say so.
+        let wants_vxlan = graph.uses_vxlan();
+        if tunnel_checked_for != Some(wants_vxlan) && wants_vxlan {
+            let store = config.store.clone();
+            let node_name = config.node_name.clone();
+            match blocking(move || ensure_vxlan_tunnel(store.as_ref(), &node_name)).await? {
+                Ok(()) => tunnel_checked_for = Some(true),
+                Err(e) => warn!(error = %ErrorChain(&e), "VXLAN tunnel address not allocated yet"),
+            }
+        }
+        match dataplane.reconcile(&desired).await {
+            Ok(stats) => {
+                retry_after_error = false;
+                if !ready.swap(true, Ordering::SeqCst) {
+                    info!(routes = desired.routes.len(), "dataplane programmed; ready");
+                }
+                if stats.routes_set + stats.routes_removed > 0 {
+                    info!(
+                        set = stats.routes_set,
+                        removed = stats.routes_removed,
+                        pending = stats.routes_pending,
+                        "routes reconciled"
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(error = %ErrorChain(&e), "reconcile failed; retrying");
+                dataplane.invalidate();
+                retry_after_error = true;
+            }
+        }
+    }
+}
+
+fn apply_event(graph: &mut CalcGraph, node: &str, event: StoreEvent) {
+    match event {
+        StoreEvent::Snapshot(items) => {
+            *graph = CalcGraph::new(node.to_string());
+            for kv in items {
+                apply_put(graph, node, &kv);
+            }
+        }
+        StoreEvent::Put(kv) => apply_put(graph, node, &kv),
+        StoreEvent::Delete(key) => {
+            if let Some(update) = sync::on_delete(&key) {
+                graph.apply(update);
+            }
+        }
+    }
+}
+
+fn apply_put(graph: &mut CalcGraph, node: &str, kv: &felis_store::KeyValue) {
+    match sync::on_put(node, &kv.key, &kv.value) {
+        Ok(Some(update)) => graph.apply(update),
+        Ok(None) => {
+            // A workload endpoint that moved to another node is no longer ours.
+            if let Some(Update::EndpointDeleted(key)) = sync::on_delete(&kv.key) {
+                graph.apply(Update::EndpointDeleted(key));
+            }
+        }
+        Err(e) => warn!(error = %e, "skipping a value"),
+    }
+}
+
+/// Lists and watches `/calico/`, forever; relists after compaction or errors.
+fn watch_store(store: &dyn Datastore, tx: &mpsc::Sender<StoreEvent>) {
+    loop {
+        let listing = match store.list(sync::WATCH_PREFIX) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %ErrorChain(&e), "listing the datastore failed; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if tx
+            .blocking_send(StoreEvent::Snapshot(listing.items))
+            .is_err()
+        {
+            return;
+        }
+        let from = Revision(listing.revision.0 + 1);
+        let mut watch = match store.watch(sync::WATCH_PREFIX, from) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %ErrorChain(&e), "watching the datastore failed; relisting");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        loop {
+            let event = match watch.next(Duration::from_secs(1)) {
+                Ok(Some(WatchEvent::Put(kv))) => StoreEvent::Put(kv),
+                Ok(Some(WatchEvent::Delete { key, .. })) => StoreEvent::Delete(key),
+                Ok(Some(WatchEvent::Compacted { .. })) => break,
+                Ok(None) => {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(error = %ErrorChain(&e), "watch failed; relisting");
+                    break;
+                }
+            };
+            if tx.blocking_send(event).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Registers (or updates) this node's Node resource, and creates the default pool if asked to
+/// and no pool exists.
+fn register(
+    store: &dyn Datastore,
+    node_name: &str,
+    address: IpNet,
+    default_pool: Option<&DefaultPool>,
+) -> Result<(), Error> {
+    let client = Client::new(store);
+    client.upsert(Kind::Node, None, node_name, &|existing| {
+        let mut node = match existing {
+            Some(Resource::Node(node)) => node,
+            _ => Node {
+                metadata: ObjectMeta {
+                    name: node_name.to_string(),
+                    ..ObjectMeta::default()
+                },
+                spec: Default::default(),
+                status: Default::default(),
+            },
+        };
+        let bgp = node.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
+        bgp.ipv4_address = Some(address);
+        Ok(Resource::Node(node))
+    })?;
+    if let Some(pool) = default_pool
+        && client.list(Kind::IpPool, None)?.is_empty()
+    {
+        {
+            let mut spec = IpPoolSpec::new(pool.cidr);
+            spec.vxlan_mode = pool.vxlan_mode;
+            spec.ipip_mode = pool.ipip_mode;
+            spec.nat_outgoing = pool.nat_outgoing;
+            let name = if pool.cidr.addr().is_ipv4() {
+                "default-ipv4-ippool"
+            } else {
+                "default-ipv6-ippool"
+            };
+            let resource = Resource::IpPool(IpPool {
+                metadata: ObjectMeta {
+                    name: name.to_string(),
+                    ..ObjectMeta::default()
+                },
+                spec,
+            });
+            let resource = Resource::from_value(resource.to_value()).map_err(|source| {
+                felis_client::Error::Invalid {
+                    kind: "IPPool",
+                    name: name.to_string(),
+                    source,
+                }
+            })?;
+            match client.write(
+                &[resource],
+                felis_client::WriteMode::Create {
+                    skip_existing: true,
+                },
+            ) {
+                Ok(_) => info!(pool = %pool.cidr, "created the default pool"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives this node a VXLAN tunnel address (IPAM handle `vxlan-tunnel-addr-<node>`) and MAC,
+/// recorded in its Node resource.
+fn ensure_vxlan_tunnel(store: &dyn Datastore, node_name: &str) -> Result<(), Error> {
+    let client = Client::new(store);
+    if let Resource::Node(node) = client.get(Kind::Node, None, node_name)?
+        && node.spec.ipv4_vxlan_tunnel_addr.is_some()
+        && node.spec.vxlan_tunnel_mac_addr.is_some()
+    {
+        return Ok(());
+    }
+    #[allow(clippy::disallowed_methods)] // the shell reads the clock and hands it to IPAM
+    let now = SystemTime::now();
+    let ipam = felis_ipam::Ipam::new(store);
+    let tunnel = ipam.assign_tunnel_address(
+        node_name,
+        felis_ipam::TunnelKind::Vxlan,
+        now,
+        &mut rand::rng(),
+    )?;
+    let mac = vtep_mac(node_name);
+    client.upsert(Kind::Node, None, node_name, &|existing| match existing {
+        Some(Resource::Node(mut node)) => {
+            node.spec.ipv4_vxlan_tunnel_addr = Some(tunnel);
+            node.spec
+                .vxlan_tunnel_mac_addr
+                .get_or_insert_with(|| mac.clone());
+            Ok(Resource::Node(node))
+        }
+        _ => Err(felis_client::Error::NotFound {
+            kind: "Node",
+            name: node_name.to_string(),
+        }),
+    })?;
+    info!(%tunnel, "VXLAN tunnel address allocated");
+    Ok(())
+}
+
+/// A stable, locally administered MAC for the node's VTEP: `66:` and five bytes of a hash of
+/// its name.
+pub fn vtep_mac(node_name: &str) -> String {
+    // FNV-1a, 64 bits: stable across runs and versions.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in node_name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    format!(
+        "66:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    )
+}
+
+fn write_state(config: &Config, host_mtu: u32) -> Result<(), Error> {
+    let err = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| Error::File { path, source }
+    };
+    std::fs::create_dir_all(&config.state_dir).map_err(err(&config.state_dir))?;
+    let files = [
+        ("nodename", config.node_name.clone()),
+        ("mtu", host_mtu.saturating_sub(VXLAN_OVERHEAD).to_string()),
+    ];
+    for (name, content) in files {
+        let path = config.state_dir.join(name);
+        let tmp = config.state_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).map_err(err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(err(&path))?;
+    }
+    Ok(())
+}
+
+async fn detect(handle: &Handle, method: &autodetect::Method) -> Result<IpNet, Error> {
+    let links = handle
+        .links()
+        .await
+        .map_err(|e| Error::Netlink("listing links".into(), e))?;
+    let addresses = handle
+        .addresses(None)
+        .await
+        .map_err(|e| Error::Netlink("listing addresses".into(), e))?;
+    let mut candidates = Vec::new();
+    for link in &links {
+        for a in addresses.iter().filter(|a| a.ifindex == link.index) {
+            candidates.push(autodetect::Candidate {
+                interface: link.name.clone(),
+                address: a.net,
+            });
+        }
+    }
+    let reach = match method {
+        autodetect::Method::CanReach(dst) => handle
+            .route_lookup(*dst)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.source),
+        _ => None,
+    };
+    autodetect::choose(method, &candidates, true, reach)
+        .map(|c| c.address)
+        .ok_or_else(|| Error::NoAddress(format!("{method:?}")))
+}
+
+/// Calico's host MTU: the smallest MTU of the up interfaces matching `mtuIfacePattern`, 1460
+/// when none does.
+async fn host_mtu(handle: &Handle) -> u32 {
+    let pattern = regex_lite::Regex::new(r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)");
+    let Ok(pattern) = pattern else { return 1460 };
+    let links = handle.links().await.unwrap_or_default();
+    links
+        .iter()
+        .filter(|l| l.is_up && pattern.is_match(&l.name))
+        .filter_map(|l| l.mtu)
+        .min()
+        .unwrap_or(1460)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))
+}
+
+/// `/liveness` answers 200 while the agent runs; `/readiness` answers 200 once the dataplane
+/// has been programmed, 503 before.
+async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/liveness" => ("200 OK", "live"),
+                "/readiness" if ready.load(Ordering::SeqCst) => ("200 OK", "ready"),
+                "/readiness" => ("503 Service Unavailable", "not ready"),
+                _ => ("404 Not Found", "not found"),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+/// Displays an error with its whole source chain.
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// The node's address, for callers that only have the IP.
+pub fn host_address(net: &IpNet) -> IpAddr {
+    net.addr()
+}

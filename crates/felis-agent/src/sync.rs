@@ -1,0 +1,195 @@
+//! From datastore keys and values to calculation-graph facts. Pure.
+//!
+//! The agent watches `/calico/` and hands every put and delete here; keys it does not care about
+//! give no [`Update`]. Workload endpoints of other nodes are ignored (their routes come from the
+//! IPAM blocks).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use felis_api::Resource;
+use felis_ipam::model::Block;
+
+use crate::calc::BlockFacts;
+use crate::calc::EndpointFacts;
+use crate::calc::NodeFacts;
+use crate::calc::PoolFacts;
+use crate::calc::Update;
+use crate::calc::Vtep;
+
+/// Every key the agent watches starts with this.
+pub const WATCH_PREFIX: &str = "/calico/";
+
+const RESOURCES: &str = "/calico/resources/v3/projectcalico.org/";
+const NODES: &str = "/calico/resources/v3/projectcalico.org/nodes/";
+const POOLS: &str = "/calico/resources/v3/projectcalico.org/ippools/";
+const WEPS: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
+const BLOCKS: &str = "/calico/ipam/v2/assignment/";
+
+/// A value the agent could not understand: it is skipped, and said once.
+#[derive(Debug, thiserror::Error)]
+#[error("ignoring {key}: {reason}")]
+pub struct Undecodable {
+    /// The key.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The fact a put of `key` = `value` gives node `local_node`, if any.
+pub fn on_put(local_node: &str, key: &str, value: &[u8]) -> Result<Option<Update>, Undecodable> {
+    let bad = |reason: String| Undecodable {
+        key: key.to_string(),
+        reason,
+    };
+    if key.starts_with(BLOCKS) && key.contains("/block/") {
+        let block: Block = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+        return Ok(Some(Update::BlockSet(block_facts(&block))));
+    }
+    if !key.starts_with(RESOURCES) {
+        return Ok(None);
+    }
+    let wanted = key.starts_with(NODES) || key.starts_with(POOLS) || key.starts_with(WEPS);
+    if !wanted {
+        return Ok(None);
+    }
+    let json: serde_json::Value = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    let resource = Resource::from_value(json).map_err(|e| bad(e.to_string()))?;
+    Ok(match resource {
+        Resource::Node(node) => {
+            let bgp = node.spec.bgp.as_ref();
+            let vxlan_v4 = match (
+                node.spec.ipv4_vxlan_tunnel_addr,
+                &node.spec.vxlan_tunnel_mac_addr,
+            ) {
+                (Some(address), Some(mac)) => Some(Vtep {
+                    address,
+                    mac: mac.clone(),
+                }),
+                _ => None,
+            };
+            Some(Update::NodeSet(NodeFacts {
+                name: node.metadata.name.clone(),
+                ipv4: bgp.and_then(|b| b.ipv4_address),
+                ipv6: bgp.and_then(|b| b.ipv6_address),
+                vxlan_v4,
+            }))
+        }
+        Resource::IpPool(pool) => Some(Update::PoolSet(PoolFacts {
+            name: pool.metadata.name.clone(),
+            cidr: pool.spec.cidr,
+            ipip_mode: pool.spec.ipip_mode,
+            vxlan_mode: pool.spec.vxlan_mode,
+            nat_outgoing: pool.spec.nat_outgoing,
+        })),
+        Resource::WorkloadEndpoint(wep) if wep.spec.node == local_node => {
+            Some(Update::EndpointSet(EndpointFacts {
+                key: endpoint_key(key),
+                interface: wep.spec.interface_name.clone(),
+                addresses: wep.spec.ip_networks.clone(),
+            }))
+        }
+        _ => None,
+    })
+}
+
+/// The fact a delete of `key` gives, if any.
+pub fn on_delete(key: &str) -> Option<Update> {
+    if key.starts_with(BLOCKS) && key.contains("/block/") {
+        let name = key.rsplit('/').next()?;
+        let cidr = felis_ipam::BlockCidr::from_name(name)?;
+        return Some(Update::BlockDeleted(cidr.0));
+    }
+    if let Some(name) = key.strip_prefix(NODES) {
+        return Some(Update::NodeDeleted(name.to_string()));
+    }
+    if let Some(name) = key.strip_prefix(POOLS) {
+        return Some(Update::PoolDeleted(name.to_string()));
+    }
+    if key.starts_with(WEPS) {
+        // Endpoints of other nodes were never added; deleting an unknown key is a no-op.
+        return Some(Update::EndpointDeleted(endpoint_key(key)));
+    }
+    None
+}
+
+fn endpoint_key(key: &str) -> String {
+    key.strip_prefix(WEPS).unwrap_or(key).to_string()
+}
+
+/// What the graph needs of a block: its affinity, and addresses held by other nodes.
+pub fn block_facts(block: &Block) -> BlockFacts {
+    let affinity = block.affine_node().map(str::to_string);
+    let mut borrowed: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for allocation in block.allocated() {
+        if let Some(holder) = allocation.secondary(felis_ipam::model::attr::NODE)
+            && affinity.as_deref() != Some(holder)
+        {
+            borrowed.insert(allocation.ip, holder.to_string());
+        }
+    }
+    BlockFacts {
+        cidr: block.cidr.0,
+        affinity,
+        borrowed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_and_nodes_become_facts() {
+        let pool =
+            br#"{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"p"},
+            "spec":{"cidr":"10.244.0.0/16","vxlanMode":"CrossSubnet","natOutgoing":true}}"#;
+        let update = on_put("a", &format!("{POOLS}p"), pool).unwrap().unwrap();
+        let Update::PoolSet(p) = update else {
+            panic!("{update:?}")
+        };
+        assert!(p.nat_outgoing);
+        assert_eq!(p.vxlan_mode, felis_api::ipam::EncapMode::CrossSubnet);
+
+        let node = br#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"name":"b"},
+            "spec":{"bgp":{"ipv4Address":"10.0.1.11/24"},"ipv4VXLANTunnelAddr":"10.244.0.64",
+            "vxlanTunnelMACAddr":"66:00:00:00:00:01"}}"#;
+        let update = on_put("a", &format!("{NODES}b"), node).unwrap().unwrap();
+        let Update::NodeSet(n) = update else {
+            panic!("{update:?}")
+        };
+        assert_eq!(n.ipv4.unwrap().to_string(), "10.0.1.11/24");
+        assert_eq!(n.vxlan_v4.unwrap().mac, "66:00:00:00:00:01");
+    }
+
+    #[test]
+    fn only_local_endpoints_count() {
+        let wep = |node: &str| {
+            format!(
+                r#"{{"apiVersion":"projectcalico.org/v3","kind":"WorkloadEndpoint",
+                "metadata":{{"name":"n-k8s-p-eth0","namespace":"default"}},
+                "spec":{{"node":"{node}","interfaceName":"cali0123456789a","ipNetworks":["10.244.0.5/32"],
+                "endpoint":"eth0","orchestrator":"k8s","pod":"p"}}}}"#
+            )
+        };
+        let key = format!("{WEPS}default/n-k8s-p-eth0");
+        assert!(matches!(
+            on_put("a", &key, wep("a").as_bytes()),
+            Ok(Some(Update::EndpointSet(_)))
+        ));
+        assert!(matches!(on_put("a", &key, wep("b").as_bytes()), Ok(None)));
+        assert_eq!(
+            on_delete(&key),
+            Some(Update::EndpointDeleted("default/n-k8s-p-eth0".into()))
+        );
+    }
+
+    #[test]
+    fn garbage_is_reported_not_fatal() {
+        assert!(on_put("a", &format!("{POOLS}p"), b"not json").is_err());
+        assert!(matches!(
+            on_put("a", "/calico/other/x", b"whatever"),
+            Ok(None)
+        ));
+    }
+}
