@@ -121,7 +121,7 @@ mod tests {
         };
         let script = render(&nat);
         assert!(script.contains("add element inet felis masq-ipam-pools-v4 { 10.244.0.0/16 }"));
-        assert!(script.contains("all-ipam-pools-v4 { 10.244.0.0/16, 10.96.0.0/20 }"));
+        assert!(script.contains("all-ipam-pools-v4 { 10.96.0.0/20, 10.244.0.0/16 }"));
         assert!(!script.contains("add element inet felis masq-ipam-pools-v6"));
         assert!(script.contains("masquerade fully-random"));
     }
