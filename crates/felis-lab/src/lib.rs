@@ -6,6 +6,7 @@
 //! `<name>.<what>` so that several labs coexist and `down` removes exactly what its lab made,
 //! also after a crash.
 
+mod agents;
 pub mod plan;
 mod sh;
 mod topology;
@@ -177,6 +178,18 @@ pub fn create(spec: LabSpec) -> Result<State, Error> {
         return Err(e);
     }
     Ok(state)
+}
+
+/// Writes the lab's pool and starts an agent on every host (`felis_binary node run`), waiting
+/// until all are ready.
+pub fn start_agents(state: &State, felis_binary: &std::path::Path) -> Result<(), Error> {
+    agents::apply_pool(state, felis_binary)?;
+    agents::start(state, felis_binary, std::time::Duration::from_secs(30))
+}
+
+/// Whether the agent in a host's namespace answers ready.
+pub fn agent_ready(netns: &str) -> bool {
+    agents::is_ready(netns)
 }
 
 /// Creates a workload's namespace, as a runtime does before calling CNI.

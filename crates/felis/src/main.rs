@@ -485,6 +485,13 @@ fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 src_dst_check: src_dst_check == "on",
             };
             let state = felis_lab::create(spec)?;
+            let felis = std::env::current_exe().context("finding the felis binary")?;
+            if let Err(e) = felis_lab::start_agents(&state, &felis) {
+                let _ = felis_lab::destroy(&state.plan.spec.name);
+                return Err(
+                    anyhow::Error::from(e).context("starting the agents (the lab was removed)")
+                );
+            }
             print!("{}", lab_table(&state.listing()));
             println!(
                 "lab {} is up (datastore {})",

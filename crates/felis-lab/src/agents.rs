@@ -1,0 +1,163 @@
+//! Starting the lab's node agents: the pool first, then `felis node run` in each host's
+//! namespace, as a process of its own (logs and state under the lab's directory), and waiting
+//! until each answers ready.
+
+use std::io::Read;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use crate::Error;
+use crate::State;
+use crate::plan::POOL_CIDR;
+use crate::state_dir;
+
+/// Where each agent serves its health endpoint, inside its host's namespace.
+pub(crate) const HEALTH_ADDRESS: &str = "127.0.0.1:9099";
+
+/// Runs `felis ARGS` with the lab's datastore, feeding `stdin`; fails with its stderr.
+pub(crate) fn felis(
+    state: &State,
+    felis: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> Result<String, Error> {
+    let mut child = Command::new(felis)
+        .args(args)
+        .env("FELIS_DATASTORE", &state.datastore)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: felis.display().to_string(),
+            source,
+        })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes())
+            .map_err(|source| Error::Spawn {
+                command: felis.display().to_string(),
+                source,
+            })?;
+    }
+    let output = child.wait_with_output().map_err(|source| Error::Spawn {
+        command: felis.display().to_string(),
+        source,
+    })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(Error::Command {
+            command: format!("felis {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Writes the lab's pool (`lab-pool`, 10.244.0.0/16, natOutgoing) with the asked-for modes.
+pub(crate) fn apply_pool(state: &State, felis_binary: &Path) -> Result<(), Error> {
+    let (ipip, vxlan) = state.plan.spec.pool_mode.modes();
+    let pool = format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: lab-pool\nspec:\n  \
+         cidr: {POOL_CIDR}\n  ipipMode: {ipip}\n  vxlanMode: {vxlan}\n  natOutgoing: true\n"
+    );
+    felis(state, felis_binary, &["apply", "-f", "-"], &pool).map(|_| ())
+}
+
+/// Starts `felis node run` on every host, then waits (up to `timeout`) for all to be ready.
+pub(crate) fn start(state: &State, felis_binary: &Path, timeout: Duration) -> Result<(), Error> {
+    let dir = state_dir(&state.plan.spec.name);
+    for host in &state.plan.hosts {
+        let log_path = dir.join(format!("{}.log", host.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::State {
+                path: log_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let err_log = log.try_clone().map_err(|e| Error::State {
+            path: log_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let address = format!("{}/24", host.address);
+        let host_state = dir.join(&host.name);
+        Command::new("ip")
+            .args(["netns", "exec", &host.netns])
+            .arg(felis_binary)
+            .args(["node", "run", "--nodename", &host.name, "--ip", &address])
+            .arg("--state-dir")
+            .arg(&host_state)
+            .args(["--health-address", HEALTH_ADDRESS])
+            .env("FELIS_DATASTORE", &state.datastore)
+            .env(
+                "FELIS_LOG",
+                std::env::var("FELIS_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            // Its own process group: a Ctrl-C at the terminal that ran `lab up` leaves it alone.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                command: "felis node run".into(),
+                source,
+            })?;
+    }
+    #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
+    let deadline = Instant::now() + timeout;
+    for host in &state.plan.hosts {
+        loop {
+            if is_ready(&host.netns) {
+                break;
+            }
+            #[allow(clippy::disallowed_methods)]
+            if Instant::now() > deadline {
+                let log = dir.join(format!("{}.log", host.name));
+                return Err(Error::Invalid(format!(
+                    "the agent on {} did not become ready in {}s; see {}",
+                    host.name,
+                    timeout.as_secs(),
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Asks an agent's `/readiness` from inside its host's namespace.
+pub(crate) fn is_ready(netns: &str) -> bool {
+    let Ok(ns) = felis_netlink::Netns::open(Path::new("/run/netns").join(netns)) else {
+        return false;
+    };
+    let Ok(address) = HEALTH_ADDRESS.parse::<SocketAddr>() else {
+        return false;
+    };
+    ns.run(move || {
+        let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(500))
+        else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        if stream
+            .write_all(b"GET /readiness HTTP/1.0\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.starts_with("HTTP/1.1 200")
+    })
+    .unwrap_or(false)
+}
