@@ -300,6 +300,29 @@ impl<'a> Client<'a> {
 }
 
 impl Client<'_> {
+    /// Deletes `old` and creates `new` in one transaction (`ipam split`).
+    pub fn replace_with(&self, old: &Resource, new: &[Resource]) -> Result<(), Error> {
+        let key = old.key();
+        let Some(current) = self.store.get(&key)? else {
+            return Err(Error::NotFound {
+                kind: old.kind().name(),
+                name: display_name(old),
+            });
+        };
+        let mut ops = vec![TxnOp::Delete {
+            key,
+            expected: Some(current.mod_revision),
+        }];
+        for resource in new {
+            ops.push(TxnOp::Create {
+                key: resource.key(),
+                value: encode_new(resource)?,
+            });
+        }
+        self.store.commit(&ops)?;
+        Ok(())
+    }
+
     /// Reads a resource (or its absence), lets `change` say what it should be, and writes that
     /// with compare-and-swap (create when absent), retrying from a fresh read on conflicts.
     pub fn upsert(

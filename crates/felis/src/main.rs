@@ -106,6 +106,9 @@ enum Command {
     /// The node agent.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// IP address management: usage, leak checks, release, configuration.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
     /// A whole cluster in network namespaces on this machine, with an emulated AWS-like VPC.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -122,6 +125,62 @@ enum SelectorCommand {
         /// The labels as a JSON object of strings.
         #[arg(long, default_value = "{}")]
         labels: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpamCommand {
+    /// Show pool usage (calicoctl's table), one address, blocks, borrowed addresses or the
+    /// IPAM configuration.
+    Show {
+        /// Show whether this address is in use, and by what.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Add a row per block.
+        #[arg(long)]
+        show_blocks: bool,
+        /// List addresses borrowed from other nodes' blocks.
+        #[arg(long)]
+        show_borrowed: bool,
+        /// Show the IPAM configuration.
+        #[arg(long)]
+        show_configuration: bool,
+    },
+    /// Look for leaked addresses, handles without addresses, addresses outside the pools and
+    /// blocks of deleted nodes.
+    Check {
+        /// Write the report as JSON to this file.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Release addresses: one, or the problems found in every given report.
+    Release {
+        /// The address to release.
+        #[arg(long, conflicts_with = "from_report")]
+        ip: Option<std::net::IpAddr>,
+        /// A report from `felis ipam check -o`; repeat to release only what all reports found.
+        #[arg(long)]
+        from_report: Vec<PathBuf>,
+    },
+    /// Change the IPAM configuration.
+    Configure {
+        /// Only allocate from blocks affine to the node (no borrowing).
+        #[arg(long, action = clap::ArgAction::Set)]
+        strictaffinity: Option<bool>,
+        /// The most blocks one node may claim (0: no limit).
+        #[arg(long)]
+        max_blocks_per_host: Option<u32>,
+    },
+    /// Split a pool into N smaller pools (N a power of two).
+    Split {
+        /// Into how many pools.
+        parts: u32,
+        /// The pool, by CIDR.
+        #[arg(long, conflicts_with = "name")]
+        cidr: Option<ipnet::IpNet>,
+        /// The pool, by name.
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -286,6 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lab(command) => lab(command),
         Command::Node(NodeCommand::Run(args)) => node_run(datastore, args),
+        Command::Ipam(command) => ipam(datastore, command),
         Command::Apply(args) => write(datastore, &args, WriteMode::Apply, "applied"),
         Command::Create { files, skip_exists } => write(
             datastore,
@@ -397,6 +457,133 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn ipam(datastore: Option<String>, command: IpamCommand) -> anyhow::Result<ExitCode> {
+    use felis_ipam::report;
+    let store = open(datastore)?;
+    let ipam = felis_ipam::Ipam::new(store.as_ref());
+    match command {
+        IpamCommand::Show {
+            ip,
+            show_blocks,
+            show_borrowed,
+            show_configuration,
+        } => {
+            if let Some(ip) = ip {
+                print!("{}", report::render_address(&ipam.show_ip(ip)?));
+            } else if show_borrowed {
+                print!("{}", report::render_borrowed(&ipam.show_borrowed()?));
+            } else if show_configuration {
+                print!("{}", report::render_configuration(&ipam.configuration()?));
+            } else {
+                print!("{}", report::render_show(&ipam.show()?, show_blocks));
+            }
+        }
+        IpamCommand::Check { output } => {
+            let report = ipam.check()?;
+            println!("{}", report.summary());
+            if let Some(path) = output {
+                let json = serde_json::to_string_pretty(&report)?;
+                write_atomically(&path, json.as_bytes())?;
+                println!("Report written to {}", path.display());
+            }
+        }
+        IpamCommand::Release { ip, from_report } => {
+            if let Some(ip) = ip {
+                let not_allocated = ipam.release_ips(&[ip])?;
+                if !not_allocated.is_empty() {
+                    bail!("{ip} is not assigned");
+                }
+                println!("Successfully released address {ip}");
+            } else if !from_report.is_empty() {
+                let mut reports = Vec::new();
+                for path in &from_report {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let report: report::CheckReport =
+                        serde_json::from_str(&text).with_context(|| {
+                            format!("{} is not an ipam check report", path.display())
+                        })?;
+                    reports.push(report);
+                }
+                let summary = ipam.release_from_reports(&reports)?;
+                println!(
+                    "Released {} leaked address(es), fixed {} handle(s), released {} affinity(ies) of deleted nodes; skipped {} that changed since the report",
+                    summary.released.len(),
+                    summary.handles_fixed,
+                    summary.affinities_released,
+                    summary.skipped
+                );
+            } else {
+                bail!("give --ip IP or --from-report FILE");
+            }
+        }
+        IpamCommand::Configure {
+            strictaffinity,
+            max_blocks_per_host,
+        } => {
+            if strictaffinity.is_none() && max_blocks_per_host.is_none() {
+                bail!("give --strictaffinity=true|false and/or --max-blocks-per-host=N");
+            }
+            let config = ipam.configure(strictaffinity, max_blocks_per_host)?;
+            print!("{}", report::render_configuration(&config));
+        }
+        IpamCommand::Split { parts, cidr, name } => {
+            let client = Client::new(store.as_ref());
+            let pools = client.list(Kind::IpPool, None)?;
+            let pool = pools
+                .iter()
+                .find_map(|r| match r {
+                    Resource::IpPool(p)
+                        if Some(p.spec.cidr) == cidr
+                            || name.as_deref() == Some(p.metadata.name.as_str()) =>
+                    {
+                        Some(p.clone())
+                    }
+                    _ => None,
+                })
+                .context("no pool with that --cidr or --name")?;
+            let block_size = pool
+                .spec
+                .block_size
+                .unwrap_or(if pool.spec.cidr.addr().is_ipv4() {
+                    26
+                } else {
+                    122
+                });
+            let cidrs = felis_ipam::pool::split(pool.spec.cidr, block_size, parts)?;
+            let mut created = Vec::new();
+            for (i, part) in cidrs.iter().enumerate() {
+                let mut p = pool.clone();
+                p.metadata = felis_api::ObjectMeta {
+                    name: format!("{}-split-{}", pool.metadata.name, i + 1),
+                    labels: pool.metadata.labels.clone(),
+                    ..felis_api::ObjectMeta::default()
+                };
+                p.spec.cidr = *part;
+                created.push(Resource::IpPool(p));
+            }
+            client.replace_with(&Resource::IpPool(pool.clone()), &created)?;
+            println!(
+                "Split pool {} ({}) into {parts} pools:",
+                pool.metadata.name, pool.spec.cidr
+            );
+            for r in &created {
+                if let Resource::IpPool(p) = r {
+                    println!("  {}  {}", p.metadata.name, p.spec.cidr);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a file through a temporary file and a rename, so that readers never see half of it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 fn node_run(datastore: Option<String>, args: NodeRunArgs) -> anyhow::Result<ExitCode> {
