@@ -61,6 +61,21 @@ impl Normalize for GlobalNetworkSet {
     }
 }
 
+/// Calico's name of a workload endpoint: node, orchestrator, workload (the pod, for `k8s`) and
+/// endpoint, each with `-` doubled, joined by `-`: `node1-k8s-my--pod-eth0`.
+pub fn workload_endpoint_name(
+    node: &str,
+    orchestrator: &str,
+    workload: &str,
+    endpoint: &str,
+) -> String {
+    [node, orchestrator, workload, endpoint]
+        .iter()
+        .map(|part| part.replace('-', "--"))
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 /// A named port of an endpoint (for rules that match ports by name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -381,4 +396,21 @@ fn check_port(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_endpoint_names_double_dashes() {
+        assert_eq!(
+            workload_endpoint_name("node-a", "k8s", "frontend-5d8f7", "eth0"),
+            "node--a-k8s-frontend--5d8f7-eth0"
+        );
+        assert_eq!(
+            workload_endpoint_name("n1", "cni", "3f1e2d", "eth0"),
+            "n1-cni-3f1e2d-eth0"
+        );
+    }
 }

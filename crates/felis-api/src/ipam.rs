@@ -143,6 +143,21 @@ impl Normalize for IpPool {
                 ),
             ));
         }
+        // Calico refuses pools overlapping link-local space: 169.254.1.1 is every workload's
+        // gateway, and fe80::/10 addresses are the veths' own.
+        let link_local: IpNet = match spec.cidr {
+            IpNet::V4(_) => IpNet::V4(ipnet::Ipv4Net::new_assert([169, 254, 0, 0].into(), 16)),
+            IpNet::V6(_) => IpNet::V6(ipnet::Ipv6Net::new_assert(
+                [0xfe80, 0, 0, 0, 0, 0, 0, 0].into(),
+                10,
+            )),
+        };
+        if link_local.contains(&spec.cidr) || spec.cidr.contains(&link_local) {
+            return Err(ValidationError::new(
+                "spec.cidr",
+                format!("{} overlaps the link-local range {link_local}", spec.cidr),
+            ));
+        }
         if spec.ipip_mode != EncapMode::Never && matches!(spec.cidr, IpNet::V6(_)) {
             return Err(ValidationError::new(
                 "spec.ipipMode",

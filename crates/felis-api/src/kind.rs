@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::error::ValidationError;
+
 /// API group and version of the Calico kinds.
 pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 /// API group and version of Kubernetes NetworkPolicy.
@@ -237,6 +239,15 @@ impl Kind {
     }
 }
 
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    /// Like [`Kind::from_name`], with an error naming the unknown kind.
+    fn from_str(s: &str) -> Result<Kind, String> {
+        Kind::from_name(s).ok_or_else(|| format!("unknown resource kind {s:?}"))
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -255,11 +266,14 @@ pub fn key_for(kind: Kind, namespace: Option<&str>, name: &str) -> String {
     key
 }
 
-/// The kind of a manifest with `apiVersion` and `kind`, or why neither fits.
-pub(crate) fn kind_of_manifest(api_version: &str, kind: &str) -> Result<Kind, String> {
+/// The kind of a manifest with `apiVersion` and `kind`, or an error at the field that is wrong.
+pub(crate) fn kind_of_manifest(api_version: &str, kind: &str) -> Result<Kind, ValidationError> {
     let candidates: Vec<Kind> = ALL.iter().copied().filter(|k| k.name() == kind).collect();
     if candidates.is_empty() {
-        return Err(format!("unknown kind {kind:?}"));
+        return Err(ValidationError::new(
+            "kind",
+            format!("unknown kind {kind:?}"),
+        ));
     }
     candidates
         .iter()
@@ -267,9 +281,130 @@ pub(crate) fn kind_of_manifest(api_version: &str, kind: &str) -> Result<Kind, St
         .find(|k| k.api_version() == api_version)
         .ok_or_else(|| {
             let expected: Vec<&str> = candidates.iter().map(|k| k.api_version()).collect();
-            format!(
-                "apiVersion {api_version:?} is not valid for kind {kind}; expected {}",
-                expected.join(" or ")
+            ValidationError::new(
+                "apiVersion",
+                format!(
+                    "apiVersion {api_version:?} is not valid for kind {kind}; expected {}",
+                    expected.join(" or ")
+                ),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_found_by_name_plural_and_any_case() {
+        for kind in Kind::all() {
+            if *kind != Kind::K8sNetworkPolicy {
+                assert_eq!(Kind::from_name(kind.name()), Some(*kind), "{kind}");
+                assert_eq!(Kind::from_name(&kind.name().to_uppercase()), Some(*kind));
+            }
+            assert_eq!(
+                Kind::from_name(kind.plural()).map(|k| k.plural()),
+                Some(kind.plural())
+            );
+        }
+    }
+
+    #[test]
+    fn calicoctl_aliases_resolve() {
+        let cases = [
+            ("ipp", Kind::IpPool),
+            ("pools", Kind::IpPool),
+            ("gnp", Kind::GlobalNetworkPolicy),
+            ("np", Kind::NetworkPolicy),
+            ("pol", Kind::NetworkPolicy),
+            ("policy", Kind::NetworkPolicy),
+            ("wep", Kind::WorkloadEndpoint),
+            ("hep", Kind::HostEndpoint),
+            ("bgpp", Kind::BgpPeer),
+            ("bp", Kind::BgpPeer),
+            ("bgpf", Kind::BgpFilter),
+            ("bf", Kind::BgpFilter),
+            ("netsets", Kind::NetworkSet),
+            ("gnetsets", Kind::GlobalNetworkSet),
+            ("felixconfig", Kind::FelixConfiguration),
+            ("FelixConfigs", Kind::FelixConfiguration),
+            ("fc", Kind::FelixConfiguration),
+            ("bgpconfig", Kind::BgpConfiguration),
+            ("kcc", Kind::KubeControllersConfiguration),
+            ("tiers", Kind::Tier),
+            ("pro", Kind::Profile),
+            ("no", Kind::Node),
+            ("ipreservations", Kind::IpReservation),
+            ("ipamconfigs", Kind::IpamConfiguration),
+            ("clusterinfo", Kind::ClusterInformation),
+            ("knp", Kind::K8sNetworkPolicy),
+            ("networkpolicies.networking.k8s.io", Kind::K8sNetworkPolicy),
+            ("ns", Kind::Namespace),
+        ];
+        for (alias, kind) in cases {
+            assert_eq!(Kind::from_name(alias), Some(kind), "{alias}");
+        }
+        assert_eq!(Kind::from_name("nonsense"), None);
+    }
+
+    #[test]
+    fn keys_follow_calico_etcd_layout() {
+        assert_eq!(
+            key_for(Kind::IpPool, None, "p"),
+            "/calico/resources/v3/projectcalico.org/ippools/p"
+        );
+        assert_eq!(
+            key_for(Kind::NetworkPolicy, Some("prod"), "default.x"),
+            "/calico/resources/v3/projectcalico.org/networkpolicies/prod/default.x"
+        );
+        assert_eq!(
+            key_for(Kind::WorkloadEndpoint, None, "w"),
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/default/w"
+        );
+        assert_eq!(
+            key_for(Kind::K8sNetworkPolicy, Some("ns"), "k"),
+            "/calico/resources/v3/networking.k8s.io/networkpolicies/ns/k"
+        );
+        assert_eq!(
+            key_for(Kind::Namespace, None, "ns"),
+            "/calico/resources/v3/core/namespaces/ns"
+        );
+        // Namespace is cluster-scoped: a namespace argument is ignored.
+        assert_eq!(
+            key_for(Kind::Node, Some("x"), "n"),
+            "/calico/resources/v3/projectcalico.org/nodes/n"
+        );
+    }
+
+    #[test]
+    fn api_versions_tell_the_two_network_policies_apart() {
+        assert_eq!(
+            kind_of_manifest("projectcalico.org/v3", "NetworkPolicy"),
+            Ok(Kind::NetworkPolicy)
+        );
+        assert_eq!(
+            kind_of_manifest("networking.k8s.io/v1", "NetworkPolicy"),
+            Ok(Kind::K8sNetworkPolicy)
+        );
+        assert!(kind_of_manifest("v1", "IPPool").is_err());
+        assert!(kind_of_manifest("projectcalico.org/v3", "Namespace").is_err());
+    }
+
+    #[test]
+    fn namespaced_kinds_are_the_four_calico_and_k8s_ones() {
+        let namespaced: Vec<Kind> = Kind::all()
+            .iter()
+            .copied()
+            .filter(Kind::is_namespaced)
+            .collect();
+        assert_eq!(
+            namespaced,
+            [
+                Kind::NetworkPolicy,
+                Kind::NetworkSet,
+                Kind::WorkloadEndpoint,
+                Kind::K8sNetworkPolicy
+            ]
+        );
+    }
 }

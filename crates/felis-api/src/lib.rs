@@ -1,10 +1,17 @@
 //! `projectcalico.org/v3` resources, defaulting, validation, YAML/JSON loading and the selector
 //! language. The vocabulary of Felis: the bottom layer, pure, no I/O.
 //!
-//! - [`Resource`] holds one object of any [`Kind`]; [`Resource::from_value`] decodes a manifest
-//!   strictly (unknown fields are errors), fills in Calico's defaults and validates, with every
-//!   error naming the field path ([`ValidationError`]).
-//! - Keys follow Calico's etcd layout ([`key_for`]).
+//! - [`Resource`] holds one object of any [`Kind`]. [`Resource::from_value`] decodes a manifest
+//!   strictly (an unknown field is an error, as with calicoctl), fills in Calico's defaults and
+//!   validates; every error names the field path ([`ValidationError`]).
+//!   [`Resource::to_value`] gives the manifest back with defaults filled in.
+//! - [`load::parse_documents`] reads multi-document YAML or JSON, all or nothing, with the
+//!   document and line of the first problem.
+//! - [`key_for`] and [`Resource::key`] give Calico's etcd key layout.
+//! - [`table`] has the columns `felis get` prints, as calicoctl.
+//! - [`selector`] is Calico's selector language.
+//!
+//! What it does not do: talk to a datastore, decide policy verdicts, or allocate addresses.
 
 pub mod bgp;
 pub mod config;
@@ -12,8 +19,8 @@ pub mod duration;
 pub mod endpoint;
 mod error;
 pub mod felix;
-pub mod k8s;
 pub mod ipam;
+pub mod k8s;
 mod kind;
 pub mod load;
 mod meta;
@@ -41,26 +48,27 @@ pub use kind::key_for;
 pub use meta::ObjectMeta;
 pub use net::Asn;
 pub use node::NodeSpec;
-pub use resource::IpPool;
-pub use resource::IpReservation;
-pub use resource::IpamConfiguration;
-pub use resource::Node;
-pub use resource::Resource;
+pub use policy::PolicyType;
 pub use resource::BgpConfiguration;
 pub use resource::BgpFilter;
 pub use resource::BgpPeer;
 pub use resource::ClusterInformation;
 pub use resource::FelixConfiguration;
+pub use resource::GlobalNetworkPolicy;
+pub use resource::GlobalNetworkSet;
+pub use resource::HostEndpoint;
+pub use resource::IpPool;
+pub use resource::IpReservation;
+pub use resource::IpamConfiguration;
 pub use resource::K8sNetworkPolicy;
 pub use resource::KubeControllersConfiguration;
 pub use resource::Namespace;
 pub use resource::NetworkPolicy;
-pub use resource::GlobalNetworkPolicy;
-pub use resource::Tier;
-pub use resource::Profile;
 pub use resource::NetworkSet;
-pub use resource::GlobalNetworkSet;
-pub use resource::HostEndpoint;
+pub use resource::Node;
+pub use resource::Profile;
+pub use resource::Resource;
+pub use resource::Tier;
 pub use resource::WorkloadEndpoint;
 pub use rule::Action;
 pub use rule::EntityRule;
@@ -68,4 +76,3 @@ pub use rule::IcmpFields;
 pub use rule::Port;
 pub use rule::Protocol;
 pub use rule::Rule;
-pub use policy::PolicyType;

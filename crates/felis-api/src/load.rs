@@ -32,6 +32,8 @@ pub enum LoadError {
         document: usize,
         /// 1-based line in the whole text where the document starts.
         line: usize,
+        /// 1-based line of the offending field, when it could be found in block-style YAML.
+        field_line: Option<usize>,
         /// The field and the reason (paths inside lists start with `items[i]` or `[i]`).
         error: ValidationError,
     },
@@ -84,7 +86,19 @@ impl fmt::Display for LoadError {
             LoadError::Invalid {
                 document,
                 line,
+                field_line: Some(at),
                 error,
+            } if at != line => {
+                write!(
+                    f,
+                    "document {document} (starting at line {line}), line {at}: {error}"
+                )
+            }
+            LoadError::Invalid {
+                document,
+                line,
+                error,
+                ..
             } => {
                 write!(f, "document {document} (line {line}): {error}")
             }
@@ -108,9 +122,13 @@ pub fn parse_documents(
     let mut out = Vec::new();
     for (index, doc) in docs.into_iter().enumerate() {
         let document = index + 1;
+        let source = &doc.source;
         let invalid = |error: ValidationError| LoadError::Invalid {
             document,
             line: doc.line,
+            field_line: source
+                .as_ref()
+                .and_then(|(text, first)| field_line(text, &error.path).map(|i| first + i)),
             error,
         };
         match doc.value {
@@ -144,15 +162,23 @@ pub fn parse_documents(
     Ok(out)
 }
 
-/// One non-empty document and the line its content starts on.
+/// One non-empty document and the line its content starts on; for YAML also its text and the
+/// line that text starts on, to find fields in.
 struct Document {
     line: usize,
     value: Value,
+    source: Option<(String, usize)>,
 }
 
 fn looks_like_json(text: &str) -> bool {
+    // JSON starts with `{"` or `[{"` (or is empty braces); YAML flow style such as
+    // `{kind: Tier, ...}` starts with a brace too but has unquoted keys.
     let trimmed = text.trim_start();
-    trimmed.starts_with('{') || trimmed.starts_with('[')
+    if !trimmed.starts_with(['{', '[']) {
+        return false;
+    }
+    let rest = trimmed.trim_start_matches(|c: char| c == '{' || c == '[' || c.is_whitespace());
+    rest.is_empty() || rest.starts_with(['"', '}', ']'])
 }
 
 /// A stream of JSON values (usually one).
@@ -168,7 +194,11 @@ fn json_documents(text: &str) -> Result<Vec<Document>, LoadError> {
             Some(Ok(value)) => {
                 start = stream.byte_offset();
                 if !value.is_null() {
-                    docs.push(Document { line, value });
+                    docs.push(Document {
+                        line,
+                        value,
+                        source: None,
+                    });
                 }
             }
             Some(Err(e)) => {
@@ -215,6 +245,7 @@ fn yaml_documents(text: &str) -> Result<Vec<Document>, LoadError> {
             docs.push(Document {
                 line: content_line,
                 value,
+                source: Some((chunk.text, chunk.first_line)),
             });
         }
     }
@@ -283,6 +314,11 @@ fn is_blank_or_comment(line: &str) -> bool {
 fn saphyr_message(full: &str) -> String {
     let first = full.lines().next().unwrap_or(full);
     let first = first.strip_prefix("error: ").unwrap_or(first);
+    // The library's advice names its own options; ours has none to offer.
+    let first = first
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(first);
     strip_position(first)
 }
 
@@ -302,4 +338,186 @@ fn strip_position(msg: &str) -> String {
         m = &m[..idx];
     }
     m.to_string()
+}
+
+/// One step of a field path.
+#[derive(Debug, PartialEq)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Splits `spec.ingress[0].ports[1]` into steps.
+fn steps(path: &str) -> Vec<Step<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            out.push(Step::Key(key));
+        }
+        while let Some(stripped) = rest.strip_prefix('[') {
+            let Some((n, after)) = stripped.split_once(']') else {
+                break;
+            };
+            match n.parse() {
+                Ok(n) => out.push(Step::Index(n)),
+                Err(_) => break,
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+/// The 0-based line of `path` in block-style YAML `text`, or of the deepest part of it found.
+/// A best effort for error messages: flow style (`{...}`, `[...]`) stops the search.
+fn field_line(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = None;
+    let mut pos = 0;
+    let mut parent: isize = -1;
+    let mut on_item_line = false;
+    for step in steps(path) {
+        let hit = match step {
+            Step::Key(key) => find_key(&lines, pos, parent, on_item_line, key),
+            Step::Index(n) => find_item(&lines, pos, parent, n),
+        };
+        let Some((line, indent)) = hit else { break };
+        found = Some(line);
+        parent = indent;
+        match step {
+            Step::Key(_) => {
+                pos = line + 1;
+                on_item_line = false;
+            }
+            Step::Index(_) => {
+                pos = line;
+                on_item_line = true;
+            }
+        }
+    }
+    found
+}
+
+fn indent_of(line: &str) -> isize {
+    isize::try_from(line.len() - line.trim_start_matches(' ').len()).unwrap_or(isize::MAX)
+}
+
+/// Finds `key:` in the mapping whose keys are indented more than `parent`, starting at `pos`.
+fn find_key(
+    lines: &[&str],
+    pos: usize,
+    parent: isize,
+    on_item_line: bool,
+    key: &str,
+) -> Option<(usize, isize)> {
+    for (i, line) in lines.iter().enumerate().skip(pos) {
+        if is_blank_or_comment(line) {
+            continue;
+        }
+        let first = i == pos && on_item_line;
+        if indent_of(line) <= parent && !first {
+            return None;
+        }
+        // Keys of a list item start after its "- ".
+        let mut body = line.trim_start_matches(' ');
+        let mut col = indent_of(line);
+        while let Some(rest) = body.strip_prefix("- ") {
+            let trimmed = rest.trim_start_matches(' ');
+            col += isize::try_from(body.len() - trimmed.len()).unwrap_or(0);
+            body = trimmed;
+        }
+        let unquoted = body.trim_start_matches(['"', '\'']);
+        if let Some(rest) = unquoted.strip_prefix(key)
+            && rest.trim_start_matches(['"', '\'']).starts_with(':')
+            && col > parent
+        {
+            return Some((i, col));
+        }
+    }
+    None
+}
+
+/// Finds the `n`th `- ` item of the list that follows a key whose indentation is `parent`.
+fn find_item(lines: &[&str], pos: usize, parent: isize, n: usize) -> Option<(usize, isize)> {
+    let mut dash_indent = None;
+    let mut count = 0;
+    for (i, line) in lines.iter().enumerate().skip(pos) {
+        if is_blank_or_comment(line) {
+            continue;
+        }
+        let indent = indent_of(line);
+        let is_item = line.trim_start_matches(' ').starts_with('-');
+        if indent < parent || (indent == parent && !is_item) {
+            return None;
+        }
+        if !is_item || dash_indent.is_some_and(|d| d != indent) {
+            continue;
+        }
+        dash_indent = Some(indent);
+        if count == n {
+            return Some((i, indent));
+        }
+        count += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_keys_and_indices() {
+        assert_eq!(
+            steps("items[1].spec.ingress[0].ports[2]"),
+            [
+                Step::Key("items"),
+                Step::Index(1),
+                Step::Key("spec"),
+                Step::Key("ingress"),
+                Step::Index(0),
+                Step::Key("ports"),
+                Step::Index(2)
+            ]
+        );
+        assert_eq!(
+            steps("[3].metadata"),
+            [Step::Index(3), Step::Key("metadata")]
+        );
+    }
+
+    #[test]
+    fn fields_are_found_in_block_yaml() {
+        let text = "\
+kind: GlobalNetworkPolicy
+spec:
+  selector: all()
+  ingress:
+  - action: Allow
+  - action: Allow
+    protocol: TCP
+    destination:
+      selector: a == 'b'
+      ports:
+        - 80
+        - http
+  egress:
+    - action: Deny
+";
+        assert_eq!(field_line(text, "spec.selector"), Some(2));
+        assert_eq!(field_line(text, "spec.ingress[1].protocol"), Some(6));
+        assert_eq!(
+            field_line(text, "spec.ingress[1].destination.ports[1]"),
+            Some(11)
+        );
+        assert_eq!(field_line(text, "spec.ingress[0].action"), Some(4));
+        assert_eq!(field_line(text, "spec.egress[0].action"), Some(13));
+        // Missing parts: the deepest part found.
+        assert_eq!(field_line(text, "spec.ingress[1].source"), Some(5));
+        assert_eq!(field_line(text, "spec.types"), Some(1));
+    }
 }

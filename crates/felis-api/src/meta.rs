@@ -24,6 +24,9 @@ pub struct ObjectMeta {
     /// The store revision this object was read at (set by the datastore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
+    /// Legacy API path of the object (older `kubectl` output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_link: Option<String>,
     /// Unique id assigned at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
@@ -60,6 +63,19 @@ impl ObjectMeta {
             name: name.into(),
             ..ObjectMeta::default()
         }
+    }
+
+    /// Clears what the datastore sets (resource version, uid, timestamps, generation, managed
+    /// fields), as `get --export` does.
+    pub fn clear_server_fields(&mut self) {
+        self.resource_version = None;
+        self.uid = None;
+        self.creation_timestamp = None;
+        self.generation = None;
+        self.self_link = None;
+        self.deletion_timestamp = None;
+        self.deletion_grace_period_seconds = None;
+        self.managed_fields.clear();
     }
 
     /// Metadata with a namespace and a name.

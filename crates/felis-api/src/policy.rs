@@ -301,6 +301,7 @@ pub struct ProfileSpec {
 
 impl Normalize for Profile {
     fn normalize(&mut self) -> Result<(), ValidationError> {
+        validate::labels("spec.labelsToApply", &self.spec.labels_to_apply)?;
         validate_rules("spec.ingress", &self.spec.ingress)?;
         validate_rules("spec.egress", &self.spec.egress)
     }

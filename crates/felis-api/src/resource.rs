@@ -139,9 +139,12 @@ impl Resource {
     /// Like [`Resource::from_value`], but objects of namespaced kinds without a namespace go in
     /// `default_namespace` (or `default` when `None`).
     pub fn from_value_in(
-        v: Value,
+        mut v: Value,
         default_namespace: Option<&str>,
     ) -> Result<Resource, ValidationError> {
+        // As in Go's decoding of Calico manifests, `field: null` (YAML `field:` with nothing
+        // after it) means the field is absent.
+        strip_nulls(&mut v);
         let Value::Object(mut object) = v else {
             return Err(ValidationError::new(
                 "",
@@ -150,14 +153,7 @@ impl Resource {
         };
         let api_version = take_string(&mut object, "apiVersion")?;
         let kind_name = take_string(&mut object, "kind")?;
-        let kind = kind_of_manifest(&api_version, &kind_name).map_err(|reason| {
-            let path = if reason.starts_with("unknown kind") {
-                "kind"
-            } else {
-                "apiVersion"
-            };
-            ValidationError::new(path, reason)
-        })?;
+        let kind = kind_of_manifest(&api_version, &kind_name)?;
         let mut body = Value::Object(object);
         let untyped = match kind {
             Kind::FelixConfiguration => crate::felix::split_untyped(&mut body),
@@ -192,6 +188,12 @@ impl Resource {
             out.extend(fields);
         }
         Value::Object(out)
+    }
+
+    /// Defaults and validates again after a change made in code (a label added, a field
+    /// patched): the same checks as [`Resource::from_value`].
+    pub fn revalidated(&self) -> Result<Resource, ValidationError> {
+        Resource::from_value_in(self.to_value(), self.namespace())
     }
 
     /// The object's datastore key (Calico's etcd layout).
@@ -237,7 +239,8 @@ impl Resource {
             }
             meta.namespace = None;
         }
-        check_name(kind, &meta.name)
+        check_name(kind, &meta.name)?;
+        validate::labels("metadata.labels", &meta.labels)
     }
 }
 

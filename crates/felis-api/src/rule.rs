@@ -598,5 +598,16 @@ fn validate_families(path: &str, rule: &Rule) -> Result<(), ValidationError> {
             }
         }
     }
+    // ICMP is IPv4's and ICMPv6 is IPv6's: the nets must agree.
+    if !from_version
+        && let (Some(is_v6), Some(p)) = (first, rule.protocol)
+        && ((p.number() == 1 && is_v6) || (p.number() == 58 && !is_v6))
+    {
+        let family = if is_v6 { "IPv6" } else { "IPv4" };
+        return Err(ValidationError::new(
+            format!("{path}.protocol"),
+            format!("{p} cannot match {family} networks"),
+        ));
+    }
     Ok(())
 }

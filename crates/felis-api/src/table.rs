@@ -224,3 +224,107 @@ fn join<T: ToString>(items: &[T]) -> String {
 fn order(o: Option<f64>) -> String {
     o.map(|o| o.to_string()).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::parse_documents;
+
+    fn one(yaml: &str) -> Resource {
+        let mut r = parse_documents(yaml, None).unwrap();
+        r.remove(0)
+    }
+
+    #[test]
+    fn every_row_has_one_cell_per_column() {
+        let text = include_str!("../tests/fixtures/cluster.yaml");
+        for r in parse_documents(text, None).unwrap() {
+            for wide in [false, true] {
+                assert_eq!(
+                    row(&r, wide).len(),
+                    columns(r.kind(), wide).len(),
+                    "{} {wide}",
+                    r.kind()
+                );
+                assert_eq!(
+                    row_in(&r, wide, true).len(),
+                    columns_in(r.kind(), wide, true).len(),
+                    "{} {wide}",
+                    r.kind()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ippool_columns_match_calicoctl() {
+        assert_eq!(columns(Kind::IpPool, false), ["NAME", "CIDR", "SELECTOR"]);
+        let r = one(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\n\
+                     spec: {cidr: 10.0.0.0/16, natOutgoing: true, ipipMode: Always}\n",
+        );
+        assert_eq!(row(&r, false), ["p", "10.0.0.0/16", "all()"]);
+        assert_eq!(
+            row(&r, true),
+            [
+                "p",
+                "10.0.0.0/16",
+                "true",
+                "Always",
+                "Never",
+                "false",
+                "false",
+                "all()"
+            ]
+        );
+    }
+
+    #[test]
+    fn workload_endpoint_row_shows_pod_node_networks_interface() {
+        let r = one("apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
+                     metadata: {name: n-k8s-pod-eth0, namespace: prod}\n\
+                     spec: {pod: pod, node: node1, ipNetworks: [10.0.0.5/32], interfaceName: cali0}\n");
+        assert_eq!(
+            columns(Kind::WorkloadEndpoint, false),
+            ["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
+        );
+        assert_eq!(row(&r, false), ["pod", "node1", "10.0.0.5/32", "cali0"]);
+        assert_eq!(
+            columns_in(Kind::WorkloadEndpoint, false, true)[0],
+            "NAMESPACE"
+        );
+        assert_eq!(row_in(&r, false, true)[0], "prod");
+        assert_eq!(row_in(&r, false, false).len(), 4);
+    }
+
+    #[test]
+    fn policy_wide_adds_order_and_selector() {
+        let r = one(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
+                     metadata: {name: p}\nspec: {order: 100, selector: a == 'b'}\n",
+        );
+        assert_eq!(
+            columns(Kind::GlobalNetworkPolicy, true),
+            ["NAME", "TIER", "ORDER", "SELECTOR"]
+        );
+        assert_eq!(row(&r, true), ["p", "default", "100", "a == 'b'"]);
+    }
+
+    #[test]
+    fn bgp_peer_without_node_is_global() {
+        let r = one(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\n\
+                     spec: {peerIP: 10.0.0.1, asNumber: 64513}\n",
+        );
+        assert_eq!(row(&r, false), ["p", "10.0.0.1", "(global)", "64513"]);
+    }
+
+    #[test]
+    fn node_wide_shows_asn_and_addresses() {
+        let r = one(
+            "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: node1}\n\
+                     spec: {bgp: {ipv4Address: 10.0.0.5/24}}\n",
+        );
+        assert_eq!(row(&r, true), ["node1", "(64512)", "10.0.0.5/24", ""]);
+    }
+}

@@ -118,3 +118,56 @@ pub(crate) fn mac(path: &str, value: &str) -> Result<(), ValidationError> {
         ))
     }
 }
+
+/// Whether `key` is a Kubernetes label key: an optional DNS subdomain prefix and `/`, then a
+/// name of 1–63 characters (alphanumerics, `-`, `_`, `.`; alphanumeric at both ends).
+pub fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+/// Whether `value` is a Kubernetes label value: empty, or at most 63 characters of
+/// alphanumerics, `-`, `_` and `.`, alphanumeric at both ends.
+pub fn is_label_value(value: &str) -> bool {
+    let b = value.as_bytes();
+    match (b.first(), b.last()) {
+        (None, _) | (_, None) => true,
+        (Some(first), Some(last)) => {
+            b.len() <= 63
+                && first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+    }
+}
+
+/// Checks every key and value of a label map at `path`.
+pub(crate) fn labels(
+    path: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ValidationError> {
+    for (k, v) in labels {
+        if !is_label_key(k) {
+            return Err(ValidationError::new(
+                format!("{path}.{k}"),
+                format!(
+                    "invalid label key {k:?}: expected [prefix/]name, name of at most 63 characters"
+                ),
+            ));
+        }
+        if !is_label_value(v) {
+            return Err(ValidationError::new(
+                format!("{path}.{k}"),
+                format!(
+                    "invalid label value {v:?}: at most 63 letters, digits, '-', '_' or '.', \
+                     starting and ending with a letter or digit"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,5 +1,7 @@
 //! The realistic cluster manifest parses, fills defaults and round-trips.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers
+
 use std::collections::BTreeMap;
 
 use felis_api::EncapMode;
@@ -38,7 +40,13 @@ fn fixture_round_trips_through_to_value() {
         let v = r.to_value();
         let again = Resource::from_value(v.clone())
             .unwrap_or_else(|e| panic!("{} {} does not re-parse: {e}\n{v:#}", r.kind(), r.name()));
-        assert_eq!(again, r, "{} {} changed in a round trip", r.kind(), r.name());
+        assert_eq!(
+            again,
+            r,
+            "{} {} changed in a round trip",
+            r.kind(),
+            r.name()
+        );
         assert_eq!(again.to_value(), v);
     }
 }
@@ -60,12 +68,17 @@ fn fixture_defaults_are_filled() {
             .find(|r| r.kind() == kind && r.name() == name)
             .unwrap_or_else(|| panic!("no {kind} {name}"))
     };
-    let Resource::IpPool(v6) = find(Kind::IpPool, "default-ipv6-ippool") else { panic!() };
+    let Resource::IpPool(v6) = find(Kind::IpPool, "default-ipv6-ippool") else {
+        panic!()
+    };
     assert_eq!(v6.spec.block_size, Some(122));
     assert_eq!(v6.spec.ipip_mode, EncapMode::Never);
     assert_eq!(v6.spec.node_selector, "all()");
     let v = find(Kind::IpPool, "default-ipv6-ippool").to_value();
-    assert_eq!(v["spec"]["allowedUses"], serde_json::json!(["Workload", "Tunnel"]));
+    assert_eq!(
+        v["spec"]["allowedUses"],
+        serde_json::json!(["Workload", "Tunnel"])
+    );
 
     let Resource::NetworkPolicy(egress) = find(Kind::NetworkPolicy, "egress-only") else {
         panic!()
@@ -78,10 +91,16 @@ fn fixture_defaults_are_filled() {
     else {
         panic!()
     };
-    assert_eq!(dns.spec.types, vec![PolicyType::Ingress, PolicyType::Egress]);
+    assert_eq!(
+        dns.spec.types,
+        vec![PolicyType::Ingress, PolicyType::Egress]
+    );
 
     let fc = find(Kind::FelixConfiguration, "default").to_value();
-    assert_eq!(fc["spec"]["featureDetectOverride"], "ChecksumOffloadBroken=true");
+    assert_eq!(
+        fc["spec"]["featureDetectOverride"],
+        "ChecksumOffloadBroken=true"
+    );
     assert_eq!(fc["spec"]["reportingInterval"], "0s");
 }
 
@@ -101,4 +120,27 @@ fn fixture_keys_follow_calico_layout() {
             .to_string()
     ));
     assert!(keys.contains(&"/calico/resources/v3/core/namespaces/production".to_string()));
+}
+
+#[test]
+fn fixture_round_trips_through_yaml_text() {
+    let mut text = String::new();
+    for r in cluster() {
+        text.push_str("---\n");
+        text.push_str(&serde_saphyr::to_string(&r.to_value()).unwrap());
+    }
+    let again = parse_documents(&text, None).unwrap();
+    assert_eq!(again, cluster());
+}
+
+#[test]
+fn yaml_look_alike_strings_survive_a_yaml_round_trip() {
+    let v = serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkSet",
+        "metadata": {"name": "s", "namespace": "ns", "labels": {
+            "a": "true", "b": "y", "c": "n", "d": "no", "e": "on", "f": "1", "g": "1.5",
+            "h": "null", "i": "0x10", "j": "1e3", "k": "12_3", "l": "Off"}}});
+    let r = Resource::from_value(v).unwrap();
+    let text = serde_saphyr::to_string(&r.to_value()).unwrap();
+    let again = parse_documents(&text, None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(again[0], r, "{text}");
 }

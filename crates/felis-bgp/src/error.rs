@@ -110,7 +110,11 @@ impl DecodeError {
             E::MalformedAsPath => (code::UPDATE, 11, Vec::new()),
             E::MalformedMessage(_) => (code::HEADER, 2, Vec::new()),
         };
-        Notification { code: c, subcode: s, data }
+        Notification {
+            code: c,
+            subcode: s,
+            data,
+        }
     }
 }
 

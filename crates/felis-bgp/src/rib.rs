@@ -220,9 +220,10 @@ impl Paths {
     fn normalise(&mut self) {
         if let Paths::Many(v) = self
             && v.len() == 1
-                && let Some(p) = v.pop() {
-                    *self = Paths::One(p);
-                }
+            && let Some(p) = v.pop()
+        {
+            *self = Paths::One(p);
+        }
     }
 }
 
@@ -313,19 +314,10 @@ impl Rib {
             counters: PeerCounters::default(),
             rejected: BTreeSet::new(),
         };
-        let slot = self.peers.iter().position(Option::is_none);
-        match slot {
-            Some(i) => {
-                if let Some(s) = self.peers.get_mut(i) {
-                    *s = Some(state);
-                }
-                PeerId(u32::try_from(i).unwrap_or(u32::MAX))
-            }
-            None => {
-                self.peers.push(Some(state));
-                PeerId(u32::try_from(self.peers.len() - 1).unwrap_or(u32::MAX))
-            }
-        }
+        // Ids are never reused, so a late event about a removed peer cannot be taken for
+        // a new one.
+        self.peers.push(Some(state));
+        PeerId(u32::try_from(self.peers.len() - 1).unwrap_or(u32::MAX))
     }
 
     /// Removes a peer and every route learned from it.
@@ -358,13 +350,20 @@ impl Rib {
 
     /// The best route of a prefix (Loc-RIB).
     pub fn best(&self, prefix: &IpNet) -> Option<(RouteSource, Arc<RouteAttrs>)> {
-        self.paths(prefix)?.best().map(|p| (p.source, p.attrs.clone()))
+        self.paths(prefix)?
+            .best()
+            .map(|p| (p.source, p.attrs.clone()))
     }
 
     /// All paths of a prefix, best first: (source, attributes, stale).
     pub fn paths_of(&self, prefix: &IpNet) -> Vec<(RouteSource, Arc<RouteAttrs>, bool)> {
         self.paths(prefix)
-            .map(|p| p.as_slice().iter().map(|p| (p.source, p.attrs.clone(), p.stale)).collect())
+            .map(|p| {
+                p.as_slice()
+                    .iter()
+                    .map(|p| (p.source, p.attrs.clone(), p.stale))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -373,7 +372,11 @@ impl Rib {
         let source = RouteSource::Peer(peer);
         self.entries()
             .filter_map(|(prefix, paths)| {
-                paths.as_slice().iter().find(|p| p.source == source).map(|p| (prefix, p.attrs.clone()))
+                paths
+                    .as_slice()
+                    .iter()
+                    .find(|p| p.source == source)
+                    .map(|p| (prefix, p.attrs.clone()))
             })
             .collect()
     }
@@ -386,8 +389,12 @@ impl Rib {
         self.entries()
             .filter_map(|(prefix, paths)| {
                 let best = paths.best()?;
-                let best = Best { source: best.source, attrs: best.attrs.clone() };
-                self.export_attrs(&best, prefix, peer, target).map(|a| (prefix, a))
+                let best = Best {
+                    source: best.source,
+                    attrs: best.attrs.clone(),
+                };
+                self.export_attrs(&best, prefix, peer, target)
+                    .map(|a| (prefix, a))
             })
             .collect()
     }
@@ -413,11 +420,18 @@ impl Rib {
 
     /// The peer asked for a family again (ROUTE-REFRESH): re-sends it, then End-of-RIB.
     pub fn route_refresh(&mut self, peer: PeerId, family: Family, out: &mut RibOutput) {
-        if self.peer(peer).is_some_and(|p| p.established && p.families.contains(&family)) {
+        if self
+            .peer(peer)
+            .is_some_and(|p| p.established && p.families.contains(&family))
+        {
             if let Some(state) = self.peer_mut(peer) {
                 state.counters.advertised = 0;
             }
-            for f in self.peer(peer).map(|p| p.families.clone()).unwrap_or_default() {
+            for f in self
+                .peer(peer)
+                .map(|p| p.families.clone())
+                .unwrap_or_default()
+            {
                 if f != family {
                     // Re-count what other families advertise.
                     let count = self.count_exported(peer, f);
@@ -514,7 +528,11 @@ impl Rib {
         let mut changes = Vec::new();
         self.insert_path(
             prefix.trunc(),
-            Path { attrs, source: RouteSource::Local, stale: false },
+            Path {
+                attrs,
+                source: RouteSource::Local,
+                stale: false,
+            },
             &mut changes,
         );
         self.export(&changes, out);
@@ -630,8 +648,7 @@ impl Rib {
         let arc = Arc::new(attrs);
         self.interned.insert(arc.clone());
         self.interned_since_sweep += 1;
-        if self.interned_since_sweep > 4096 && self.interned_since_sweep > self.interned.len() / 2
-        {
+        if self.interned_since_sweep > 4096 && self.interned_since_sweep > self.interned.len() / 2 {
             self.sweep_interned();
         }
         arc
@@ -674,15 +691,20 @@ impl Rib {
             path.originator_id = None;
             path.cluster_list.clear();
         }
-        Some(self.intern(RouteAttrs { next_hop, link_local, path }))
+        Some(self.intern(RouteAttrs {
+            next_hop,
+            link_local,
+            path,
+        }))
     }
 
     fn withdraw(&mut self, peer: PeerId, prefix: IpNet, changes: &mut Vec<BestChange>) {
         let prefix = prefix.trunc();
         if let Some(state) = self.peer_mut(peer)
-            && state.rejected.remove(&prefix) {
-                state.counters.received = state.counters.received.saturating_sub(1);
-            }
+            && state.rejected.remove(&prefix)
+        {
+            state.counters.received = state.counters.received.saturating_sub(1);
+        }
         self.remove_path(prefix, RouteSource::Peer(peer), changes);
     }
 
@@ -697,18 +719,24 @@ impl Rib {
         match attrs {
             Some(attrs) => {
                 if let Some(state) = self.peer_mut(peer)
-                    && state.rejected.remove(&prefix) {
-                        state.counters.received = state.counters.received.saturating_sub(1);
-                    }
-                let path = Path { attrs: attrs.clone(), source, stale: false };
+                    && state.rejected.remove(&prefix)
+                {
+                    state.counters.received = state.counters.received.saturating_sub(1);
+                }
+                let path = Path {
+                    attrs: attrs.clone(),
+                    source,
+                    stale: false,
+                };
                 self.insert_path(prefix, path, changes);
             }
             None => {
                 self.remove_path(prefix, source, changes);
                 if let Some(state) = self.peer_mut(peer)
-                    && state.rejected.insert(prefix) {
-                        state.counters.received += 1;
-                    }
+                    && state.rejected.insert(prefix)
+                {
+                    state.counters.received += 1;
+                }
             }
         }
     }
@@ -720,18 +748,19 @@ impl Rib {
             IpNet::V6(p) => upsert(&mut self.v6, p, path),
         };
         if let RouteSource::Peer(peer) = source
-            && let Some(state) = self.peer_mut(peer) {
-                match replaced {
-                    None => {
-                        state.counters.accepted += 1;
-                        state.counters.received += 1;
-                    }
-                    Some(old) if old.stale => {
-                        state.counters.stale = state.counters.stale.saturating_sub(1);
-                    }
-                    Some(_) => {}
+            && let Some(state) = self.peer_mut(peer)
+        {
+            match replaced {
+                None => {
+                    state.counters.accepted += 1;
+                    state.counters.received += 1;
                 }
+                Some(old) if old.stale => {
+                    state.counters.stale = state.counters.stale.saturating_sub(1);
+                }
+                Some(_) => {}
             }
+        }
         let new = self.reselect(prefix);
         let same = match (&previous, &new) {
             (Some(a), Some(b)) => a.source == b.source && Arc::ptr_eq(&a.attrs, &b.attrs),
@@ -739,7 +768,11 @@ impl Rib {
             _ => false,
         };
         if !same {
-            changes.push(BestChange { prefix, old: previous, new });
+            changes.push(BestChange {
+                prefix,
+                old: previous,
+                new,
+            });
         }
     }
 
@@ -752,16 +785,20 @@ impl Rib {
             return;
         };
         if let RouteSource::Peer(peer) = source
-            && let Some(state) = self.peer_mut(peer) {
-                state.counters.accepted = state.counters.accepted.saturating_sub(1);
-                state.counters.received = state.counters.received.saturating_sub(1);
-                if removed.path.stale {
-                    state.counters.stale = state.counters.stale.saturating_sub(1);
-                }
+            && let Some(state) = self.peer_mut(peer)
+        {
+            state.counters.accepted = state.counters.accepted.saturating_sub(1);
+            state.counters.received = state.counters.received.saturating_sub(1);
+            if removed.path.stale {
+                state.counters.stale = state.counters.stale.saturating_sub(1);
             }
+        }
         let was_best = removed.was_best;
         if was_best {
-            let old = Some(Best { source: removed.path.source, attrs: removed.path.attrs });
+            let old = Some(Best {
+                source: removed.path.source,
+                attrs: removed.path.attrs,
+            });
             let new = self.reselect(prefix);
             changes.push(BestChange { prefix, old, new });
         }
@@ -769,7 +806,10 @@ impl Rib {
 
     /// Re-runs best-path selection, moving the best path to the front.
     fn reselect(&mut self, prefix: IpNet) -> Option<Best> {
-        let ctx = SelectCtx { peers: &self.peers, local: self.config.local_asn };
+        let ctx = SelectCtx {
+            peers: &self.peers,
+            local: self.config.local_asn,
+        };
         let paths = match prefix {
             IpNet::V4(p) => self.v4.get_mut(&p),
             IpNet::V6(p) => self.v6.get_mut(&p),
@@ -778,13 +818,17 @@ impl Rib {
             let mut best = 0;
             for i in 1..v.len() {
                 if let (Some(a), Some(b)) = (v.get(i), v.get(best))
-                    && ctx.better(a, b) {
-                        best = i;
-                    }
+                    && ctx.better(a, b)
+                {
+                    best = i;
+                }
             }
             v.swap(0, best);
         }
-        paths.best().map(|p| Best { source: p.source, attrs: p.attrs.clone() })
+        paths.best().map(|p| Best {
+            source: p.source,
+            attrs: p.attrs.clone(),
+        })
     }
 
     fn count_exported(&self, peer: PeerId, family: Family) -> usize {
@@ -795,7 +839,10 @@ impl Rib {
             .filter(|(prefix, _)| family_of(prefix) == family)
             .filter(|(prefix, paths)| {
                 paths.best().is_some_and(|b| {
-                    let best = Best { source: b.source, attrs: b.attrs.clone() };
+                    let best = Best {
+                        source: b.source,
+                        attrs: b.attrs.clone(),
+                    };
                     self.export_attrs(&best, *prefix, peer, target).is_some()
                 })
             })
@@ -812,7 +859,10 @@ impl Rib {
                 Some(BestChange {
                     prefix,
                     old: None,
-                    new: Some(Best { source: best.source, attrs: best.attrs.clone() }),
+                    new: Some(Best {
+                        source: best.source,
+                        attrs: best.attrs.clone(),
+                    }),
                 })
             })
             .collect();
@@ -827,7 +877,10 @@ impl Rib {
         }
         for c in changes {
             let learned = |b: &Option<Best>| match b {
-                Some(Best { source: RouteSource::Peer(p), attrs }) => Some((*p, attrs.clone())),
+                Some(Best {
+                    source: RouteSource::Peer(p),
+                    attrs,
+                }) => Some((*p, attrs.clone())),
                 _ => None,
             };
             match (learned(&c.old), learned(&c.new)) {
@@ -861,7 +914,8 @@ impl Rib {
     }
 
     fn peer_address(&self, peer: PeerId) -> IpAddr {
-        self.peer(peer).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.config.address)
+        self.peer(peer)
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.config.address)
     }
 
     fn export_to(&mut self, peer: PeerId, changes: &[BestChange], out: &mut RibOutput) {
@@ -992,7 +1046,10 @@ impl Rib {
             }
             (IpNet::V6(_), IpAddr::V6(a)) => {
                 path.next_hop = None;
-                (IpAddr::V6(a), if use_self { None } else { attrs.link_local })
+                (
+                    IpAddr::V6(a),
+                    if use_self { None } else { attrs.link_local },
+                )
             }
             _ => return None,
         };
@@ -1010,7 +1067,9 @@ impl Rib {
                 path.cluster_list.clear();
             }
         } else {
-            path.as_path.get_or_insert_with(AsPath::default).prepend(local);
+            path.as_path
+                .get_or_insert_with(AsPath::default)
+                .prepend(local);
             path.local_pref = None;
             path.originator_id = None;
             path.cluster_list.clear();
@@ -1025,7 +1084,11 @@ impl Rib {
                 a.flags |= attr_flag::PARTIAL;
             }
         }
-        Some(RouteAttrs { next_hop: Some(next_hop), link_local, path })
+        Some(RouteAttrs {
+            next_hop: Some(next_hop),
+            link_local,
+            path,
+        })
     }
 }
 
@@ -1045,17 +1108,27 @@ fn upsert<K: Ord + Copy>(
         map.insert(key, Paths::One(path));
         return (None, None);
     };
-    let previous = paths.best().map(|p| Best { source: p.source, attrs: p.attrs.clone() });
+    let previous = paths.best().map(|p| Best {
+        source: p.source,
+        attrs: p.attrs.clone(),
+    });
     (previous, paths.upsert(path))
 }
 
-fn remove<K: Ord + Copy>(map: &mut BTreeMap<K, Paths>, key: K, source: RouteSource) -> Option<Removed> {
+fn remove<K: Ord + Copy>(
+    map: &mut BTreeMap<K, Paths>,
+    key: K,
+    source: RouteSource,
+) -> Option<Removed> {
     let paths = map.get_mut(&key)?;
     match paths {
         Paths::One(p) if p.source == source => {
             let path = p.clone();
             map.remove(&key);
-            Some(Removed { path, was_best: true })
+            Some(Removed {
+                path,
+                was_best: true,
+            })
         }
         Paths::One(_) => None,
         Paths::Many(v) => {
@@ -1066,7 +1139,10 @@ fn remove<K: Ord + Copy>(map: &mut BTreeMap<K, Paths>, key: K, source: RouteSour
             } else {
                 paths.normalise();
             }
-            Some(Removed { path, was_best: i == 0 })
+            Some(Removed {
+                path,
+                was_best: i == 0,
+            })
         }
     }
 }
@@ -1086,10 +1162,17 @@ fn mark_stale<K: Ord + Copy>(map: &mut BTreeMap<K, Paths>, source: RouteSource) 
     count
 }
 
-fn prefixes_from<K: Ord + Copy>(map: &BTreeMap<K, Paths>, source: RouteSource, only_stale: bool) -> Vec<K> {
+fn prefixes_from<K: Ord + Copy>(
+    map: &BTreeMap<K, Paths>,
+    source: RouteSource,
+    only_stale: bool,
+) -> Vec<K> {
     map.iter()
         .filter(|(_, paths)| {
-            paths.as_slice().iter().any(|p| p.source == source && (!only_stale || p.stale))
+            paths
+                .as_slice()
+                .iter()
+                .any(|p| p.source == source && (!only_stale || p.stale))
         })
         .map(|(k, _)| *k)
         .collect()
@@ -1150,7 +1233,11 @@ impl SelectCtx<'_> {
             return ebgp(sa);
         }
         let id = |p: &PathAttributes, s: Option<&PeerState>| {
-            u32::from(p.originator_id.or(s.map(|s| s.router_id)).unwrap_or(Ipv4Addr::UNSPECIFIED))
+            u32::from(
+                p.originator_id
+                    .or(s.map(|s| s.router_id))
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
+            )
         };
         if id(pa, sa) != id(pb, sb) {
             return id(pa, sa) < id(pb, sb);
@@ -1172,7 +1259,11 @@ mod tests {
     const LOCAL: Asn = Asn(64512);
 
     fn rib(cluster_id: Option<Ipv4Addr>) -> Rib {
-        Rib::new(RibConfig { local_asn: LOCAL, router_id: Ipv4Addr::new(10, 0, 0, 1), cluster_id })
+        Rib::new(RibConfig {
+            local_asn: LOCAL,
+            router_id: Ipv4Addr::new(10, 0, 0, 1),
+            cluster_id,
+        })
     }
 
     fn v4(s: &str) -> Ipv4Addr {
@@ -1225,14 +1316,22 @@ mod tests {
     }
 
     fn updates_to(out: &RibOutput, peer: PeerId) -> Vec<Update> {
-        out.updates.iter().filter(|(p, _)| *p == peer).map(|(_, u)| u.clone()).collect()
+        out.updates
+            .iter()
+            .filter(|(p, _)| *p == peer)
+            .map(|(_, u)| u.clone())
+            .collect()
     }
 
     #[test]
     fn ebgp_route_is_learned_and_reported() {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
-        let out = apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &["192.168.0.0/24"]));
+        let out = apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["192.168.0.0/24"]),
+        );
         assert_eq!(out.changes.len(), 1);
         let c = &out.changes[0];
         assert_eq!(c.prefix, net("192.168.0.0/24"));
@@ -1248,14 +1347,24 @@ mod tests {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
         let b = up(&mut rib, "10.0.2.2", 65002, "10.0.2.2", false);
-        apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &["192.168.0.0/24"]));
-        let out =
-            apply(&mut rib, b, announce(attrs(&[65002, 65003], "10.0.2.2"), &["192.168.0.0/24"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["192.168.0.0/24"]),
+        );
+        let out = apply(
+            &mut rib,
+            b,
+            announce(attrs(&[65002, 65003], "10.0.2.2"), &["192.168.0.0/24"]),
+        );
         assert!(out.changes.is_empty(), "longer path must not become best");
         let out = apply(
             &mut rib,
             a,
-            Update { withdrawn: vec!["192.168.0.0/24".parse().unwrap()], ..Update::default() },
+            Update {
+                withdrawn: vec!["192.168.0.0/24".parse().unwrap()],
+                ..Update::default()
+            },
         );
         assert_eq!(out.changes.len(), 1);
         assert_eq!(out.changes[0].kind, ChangeKind::Added);
@@ -1263,7 +1372,10 @@ mod tests {
         let out = apply(
             &mut rib,
             b,
-            Update { withdrawn: vec!["192.168.0.0/24".parse().unwrap()], ..Update::default() },
+            Update {
+                withdrawn: vec!["192.168.0.0/24".parse().unwrap()],
+                ..Update::default()
+            },
         );
         assert_eq!(out.changes[0].kind, ChangeKind::Removed);
         assert!(rib.is_empty());
@@ -1281,16 +1393,32 @@ mod tests {
         let mut long_pref = attrs(&[65001, 65002], "10.0.0.2");
         long_pref.local_pref = Some(200);
         apply(&mut rib, a, announce(long_pref, &["10.9.0.0/16"]));
-        apply(&mut rib, b, announce(attrs(&[65001], "10.0.0.3"), &["10.9.0.0/16"]));
+        apply(
+            &mut rib,
+            b,
+            announce(attrs(&[65001], "10.0.0.3"), &["10.9.0.0/16"]),
+        );
         assert_eq!(best_peer(&rib, "10.9.0.0/16"), RouteSource::Peer(a));
 
-        apply(&mut rib, a, announce(attrs(&[65001, 65002], "10.0.0.2"), &["10.8.0.0/16"]));
-        apply(&mut rib, b, announce(attrs(&[65001], "10.0.0.3"), &["10.8.0.0/16"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001, 65002], "10.0.0.2"), &["10.8.0.0/16"]),
+        );
+        apply(
+            &mut rib,
+            b,
+            announce(attrs(&[65001], "10.0.0.3"), &["10.8.0.0/16"]),
+        );
         assert_eq!(best_peer(&rib, "10.8.0.0/16"), RouteSource::Peer(b));
 
         let mut egp = attrs(&[65001], "10.0.0.3");
         egp.origin = Some(Origin::Egp);
-        apply(&mut rib, a, announce(attrs(&[65001], "10.0.0.2"), &["10.7.0.0/16"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.0.2"), &["10.7.0.0/16"]),
+        );
         apply(&mut rib, b, announce(egp, &["10.7.0.0/16"]));
         assert_eq!(best_peer(&rib, "10.7.0.0/16"), RouteSource::Peer(a));
     }
@@ -1320,14 +1448,30 @@ mod tests {
         let mut rib = rib(None);
         let i = up(&mut rib, "10.0.0.2", 64512, "10.0.0.2", false);
         let e = up(&mut rib, "10.0.9.2", 65001, "10.0.9.2", false);
-        apply(&mut rib, i, announce(attrs(&[65001], "10.0.0.2"), &["10.4.0.0/16"]));
-        apply(&mut rib, e, announce(attrs(&[65001], "10.0.9.2"), &["10.4.0.0/16"]));
+        apply(
+            &mut rib,
+            i,
+            announce(attrs(&[65001], "10.0.0.2"), &["10.4.0.0/16"]),
+        );
+        apply(
+            &mut rib,
+            e,
+            announce(attrs(&[65001], "10.0.9.2"), &["10.4.0.0/16"]),
+        );
         assert_eq!(best_peer(&rib, "10.4.0.0/16"), RouteSource::Peer(e));
 
         let hi = up(&mut rib, "10.0.0.3", 64512, "10.0.0.9", false);
         let lo = up(&mut rib, "10.0.0.4", 64512, "10.0.0.5", false);
-        apply(&mut rib, hi, announce(attrs(&[65001], "10.0.0.3"), &["10.3.0.0/16"]));
-        apply(&mut rib, lo, announce(attrs(&[65001], "10.0.0.4"), &["10.3.0.0/16"]));
+        apply(
+            &mut rib,
+            hi,
+            announce(attrs(&[65001], "10.0.0.3"), &["10.3.0.0/16"]),
+        );
+        apply(
+            &mut rib,
+            lo,
+            announce(attrs(&[65001], "10.0.0.4"), &["10.3.0.0/16"]),
+        );
         assert_eq!(best_peer(&rib, "10.3.0.0/16"), RouteSource::Peer(lo));
     }
 
@@ -1335,8 +1479,11 @@ mod tests {
     fn as_path_loop_is_rejected_but_counted_as_received() {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
-        let out =
-            apply(&mut rib, a, announce(attrs(&[65001, 64512], "10.0.1.2"), &["10.2.0.0/16"]));
+        let out = apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001, 64512], "10.0.1.2"), &["10.2.0.0/16"]),
+        );
         assert!(out.changes.is_empty());
         assert!(rib.is_empty());
         let c = rib.counters(a).unwrap();
@@ -1344,7 +1491,10 @@ mod tests {
         apply(
             &mut rib,
             a,
-            Update { withdrawn: vec!["10.2.0.0/16".parse().unwrap()], ..Update::default() },
+            Update {
+                withdrawn: vec!["10.2.0.0/16".parse().unwrap()],
+                ..Update::default()
+            },
         );
         assert_eq!(rib.counters(a).unwrap().received, 0);
     }
@@ -1357,15 +1507,29 @@ mod tests {
         let mut a = attrs(&[], "10.0.0.2");
         a.local_pref = Some(300);
         a.med = Some(7);
-        a.other = vec![RawAttribute { flags: 0xc0, code: 32, value: vec![1, 2, 3] }];
+        a.other = vec![RawAttribute {
+            flags: 0xc0,
+            code: 32,
+            value: vec![1, 2, 3],
+        }];
         let out = apply(&mut rib, i, announce(a, &["10.1.0.0/16"]));
         let sent = updates_to(&out, e);
         assert_eq!(sent.len(), 1);
         let mut want = attrs(&[64512], "10.0.0.1");
-        want.other = vec![RawAttribute { flags: 0xe0, code: 32, value: vec![1, 2, 3] }];
+        want.other = vec![RawAttribute {
+            flags: 0xe0,
+            code: 32,
+            value: vec![1, 2, 3],
+        }];
         assert_eq!(sent[0].attrs, want);
-        assert_eq!(sent[0].nlri, vec!["10.1.0.0/16".parse::<Ipv4Net>().unwrap()]);
-        assert!(updates_to(&out, i).is_empty(), "never sent back to its source");
+        assert_eq!(
+            sent[0].nlri,
+            vec!["10.1.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(
+            updates_to(&out, i).is_empty(),
+            "never sent back to its source"
+        );
         assert_eq!(rib.counters(e).unwrap().advertised, 1);
         assert_eq!(rib.adj_rib_out(e).len(), 1);
     }
@@ -1375,7 +1539,11 @@ mod tests {
         let mut rib = rib(None);
         let e = up(&mut rib, "10.0.9.2", 65001, "10.0.9.2", false);
         let i = up(&mut rib, "10.0.0.2", 64512, "10.0.0.2", false);
-        let out = apply(&mut rib, e, announce(attrs(&[65001], "10.0.9.2"), &["10.1.0.0/16"]));
+        let out = apply(
+            &mut rib,
+            e,
+            announce(attrs(&[65001], "10.0.9.2"), &["10.1.0.0/16"]),
+        );
         let sent = updates_to(&out, i);
         let mut want = attrs(&[65001], "10.0.9.2");
         want.local_pref = Some(100);
@@ -1387,7 +1555,11 @@ mod tests {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.0.2", 64512, "10.0.0.2", false);
         let b = up(&mut rib, "10.0.0.3", 64512, "10.0.0.3", false);
-        let out = apply(&mut rib, a, announce(attrs(&[], "10.0.0.2"), &["10.1.0.0/16"]));
+        let out = apply(
+            &mut rib,
+            a,
+            announce(attrs(&[], "10.0.0.2"), &["10.1.0.0/16"]),
+        );
         assert_eq!(out.changes.len(), 1);
         assert!(updates_to(&out, b).is_empty());
     }
@@ -1398,7 +1570,11 @@ mod tests {
         let mut rib = rib(Some(cluster));
         let client = up(&mut rib, "10.0.0.2", 64512, "10.0.0.2", true);
         let other = up(&mut rib, "10.0.0.3", 64512, "10.0.0.3", false);
-        let out = apply(&mut rib, client, announce(attrs(&[], "10.0.0.2"), &["10.1.0.0/16"]));
+        let out = apply(
+            &mut rib,
+            client,
+            announce(attrs(&[], "10.0.0.2"), &["10.1.0.0/16"]),
+        );
         let sent = updates_to(&out, other);
         let mut want = attrs(&[], "10.0.0.2");
         want.local_pref = Some(100);
@@ -1413,7 +1589,11 @@ mod tests {
         let n1 = up(&mut rib, "10.0.0.2", 64512, "10.0.0.2", false);
         let n2 = up(&mut rib, "10.0.0.3", 64512, "10.0.0.3", false);
         let c = up(&mut rib, "10.0.0.4", 64512, "10.0.0.4", true);
-        let out = apply(&mut rib, n1, announce(attrs(&[], "10.0.0.2"), &["10.1.0.0/16"]));
+        let out = apply(
+            &mut rib,
+            n1,
+            announce(attrs(&[], "10.0.0.2"), &["10.1.0.0/16"]),
+        );
         assert!(updates_to(&out, n2).is_empty());
         assert_eq!(updates_to(&out, c).len(), 1);
     }
@@ -1457,7 +1637,10 @@ mod tests {
         assert_eq!(updates_to(&out, e)[0].attrs, attrs(&[64512], "10.0.0.1"));
         let mut out = RibOutput::default();
         rib.withdraw_local(net("10.65.0.0/26"), &mut out);
-        assert_eq!(updates_to(&out, e)[0].withdrawn, vec!["10.65.0.0/26".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            updates_to(&out, e)[0].withdrawn,
+            vec!["10.65.0.0/26".parse::<Ipv4Net>().unwrap()]
+        );
         assert_eq!(rib.counters(e).unwrap().advertised, 0);
     }
 
@@ -1465,7 +1648,11 @@ mod tests {
     fn local_route_beats_learned_and_learned_route_is_reported_removed() {
         let mut rib = rib(None);
         let e = up(&mut rib, "10.0.9.2", 65001, "10.0.9.2", false);
-        apply(&mut rib, e, announce(attrs(&[65001], "10.0.9.2"), &["10.65.0.0/26"]));
+        apply(
+            &mut rib,
+            e,
+            announce(attrs(&[65001], "10.0.9.2"), &["10.65.0.0/26"]),
+        );
         let mut out = RibOutput::default();
         rib.originate(net("10.65.0.0/26"), None, &mut out);
         assert_eq!(out.changes[0].kind, ChangeKind::Removed);
@@ -1478,7 +1665,11 @@ mod tests {
         let mut rib = rib(None);
         let mut out = RibOutput::default();
         rib.originate(net("10.65.0.0/26"), None, &mut out);
-        rib.originate(net("fd00:65::/122"), Some("fd00::1".parse().unwrap()), &mut out);
+        rib.originate(
+            net("fd00:65::/122"),
+            Some("fd00::1".parse().unwrap()),
+            &mut out,
+        );
         let id = rib.add_peer(RibPeerConfig::new("10.0.9.2".parse().unwrap(), Asn(65001)));
         let mut out = RibOutput::default();
         rib.peer_up(
@@ -1557,7 +1748,11 @@ mod tests {
             },
             &mut out,
         );
-        apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]),
+        );
         assert!(!rib.paths_of(&net("10.1.0.0/16"))[0].2);
         assert_eq!(rib.counters(a).unwrap().stale, 1);
         let out = apply(&mut rib, a, Update::end_of_rib(Family::IPV4_UNICAST));
@@ -1571,7 +1766,11 @@ mod tests {
     fn restart_timer_expiry_purges_stale_routes() {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
-        apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]),
+        );
         let mut out = RibOutput::default();
         rib.peer_down(a, Some(&[Family::IPV4_UNICAST]), &mut out);
         let mut out = RibOutput::default();
@@ -1585,7 +1784,11 @@ mod tests {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
         let b = up(&mut rib, "10.0.2.2", 65002, "10.0.2.2", false);
-        apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]),
+        );
         let mut out = RibOutput::default();
         rib.peer_down(a, None, &mut out);
         assert_eq!(out.changes[0].kind, ChangeKind::Removed);
@@ -1597,7 +1800,11 @@ mod tests {
     fn treat_as_withdraw_view_removes_previous_route() {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
-        apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &["10.0.0.0/24"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.0.0.0/24"]),
+        );
         // Same prefix again with ORIGIN 7 (invalid): RFC 7606 treat-as-withdraw.
         let body = crate::packet::tests::hex(
             "0000 0014 40 01 01 07 40 02 06 02 01 0000fde9 40 03 04 0a000102 18 0a0000",
@@ -1632,7 +1839,9 @@ mod tests {
     fn many_prefixes_share_one_attribute_set() {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
-        let prefixes: Vec<String> = (0..500).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+        let prefixes: Vec<String> = (0..500)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect();
         let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &refs));
         assert_eq!(rib.len(), 500);
@@ -1640,15 +1849,19 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_peer_frees_its_slot_and_routes() {
+    fn removing_a_peer_drops_its_routes_and_never_reuses_its_id() {
         let mut rib = rib(None);
         let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
-        apply(&mut rib, a, announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]));
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]),
+        );
         let mut out = RibOutput::default();
         rib.remove_peer(a, &mut out);
         assert!(rib.is_empty());
         assert_eq!(rib.counters(a), None);
         let b = rib.add_peer(RibPeerConfig::new("10.0.2.2".parse().unwrap(), Asn(65002)));
-        assert_eq!(b, a);
+        assert_ne!(b, a);
     }
 }

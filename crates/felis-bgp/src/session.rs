@@ -95,8 +95,12 @@ impl SessionConfig {
 
     /// The OPEN this config sends.
     pub fn open(&self) -> Open {
-        let mut capabilities: Vec<Capability> =
-            self.families.iter().copied().map(Capability::Multiprotocol).collect();
+        let mut capabilities: Vec<Capability> = self
+            .families
+            .iter()
+            .copied()
+            .map(Capability::Multiprotocol)
+            .collect();
         capabilities.push(Capability::RouteRefresh);
         if let Some(restart_time) = self.graceful_restart {
             capabilities.push(Capability::GracefulRestart(GracefulRestart {
@@ -107,7 +111,10 @@ impl SessionConfig {
                 families: self
                     .families
                     .iter()
-                    .map(|f| GracefulRestartFamily { family: *f, forwarding_preserved: false })
+                    .map(|f| GracefulRestartFamily {
+                        family: *f,
+                        forwarding_preserved: false,
+                    })
                     .collect(),
             }));
         }
@@ -164,6 +171,10 @@ pub enum Timer {
 }
 
 /// Inputs to the FSM.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are transient, handled one at a time"
+)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The operator (or the speaker) starts the session.
@@ -174,6 +185,9 @@ pub enum Event {
     TcpConnected,
     /// The connection attempt failed or the connection closed.
     TcpFailed,
+    /// Collision resolution (RFC 4271 §6.8) replaced the connection in OpenSent or
+    /// OpenConfirm with a new one: the OPEN exchange starts over on it.
+    TcpConnectionReplaced,
     /// A message arrived.
     Message(Message),
     /// Bytes arrived that could not be decoded; carries the NOTIFICATION to send.
@@ -183,6 +197,10 @@ pub enum Event {
 }
 
 /// What the shell must do.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "actions are drained right after `handle`"
+)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// Open a TCP connection to the peer (dropping any attempt in flight).
@@ -274,7 +292,13 @@ pub struct Session {
 impl Session {
     /// A session in Idle.
     pub fn new(config: SessionConfig) -> Self {
-        Session { config, state: State::Idle, since: None, started: false, negotiated: None }
+        Session {
+            config,
+            state: State::Idle,
+            since: None,
+            started: false,
+            negotiated: None,
+        }
     }
 
     /// The current state.
@@ -299,7 +323,10 @@ impl Session {
 
     /// How UPDATEs on the current connection are encoded.
     pub fn codec(&self) -> CodecOptions {
-        self.negotiated.as_ref().map(|n| n.codec).unwrap_or_default()
+        self.negotiated
+            .as_ref()
+            .map(|n| n.codec)
+            .unwrap_or_default()
     }
 
     /// Feeds one event to the FSM; appends what the shell must do to `out`.
@@ -316,7 +343,10 @@ impl Session {
                     self.state = State::Active;
                 } else {
                     self.state = State::Connect;
-                    out.push(Action::ArmTimer(Timer::ConnectRetry, self.config.connect_delay));
+                    out.push(Action::ArmTimer(
+                        Timer::ConnectRetry,
+                        self.config.connect_delay,
+                    ));
                 }
             }
             (_, Event::ManualStart) => {}
@@ -348,6 +378,14 @@ impl Session {
                 self.state = State::Active;
             }
             (State::Connect | State::Active, _) => {}
+            (State::OpenSent | State::OpenConfirm, Event::TcpConnectionReplaced) => {
+                out.push(Action::StopTimer(Timer::Keepalive));
+                out.push(Action::Send(Message::Open(self.config.open())));
+                out.push(Action::ArmTimer(Timer::Hold, OPEN_HOLD_TIME));
+                self.negotiated = None;
+                self.state = State::OpenSent;
+            }
+            (_, Event::TcpConnectionReplaced) => {}
             (State::OpenSent, Event::Message(Message::Open(open))) => {
                 match self.validate_open(&open) {
                     Ok(negotiated) => {
@@ -369,7 +407,10 @@ impl Session {
                 // RFC 4271 §8.2.2: OpenSent + TcpConnectionFails → Active.
                 out.push(Action::Disconnect);
                 out.push(Action::StopTimer(Timer::Hold));
-                out.push(Action::ArmTimer(Timer::ConnectRetry, self.config.connect_retry));
+                out.push(Action::ArmTimer(
+                    Timer::ConnectRetry,
+                    self.config.connect_retry,
+                ));
                 self.state = State::Active;
             }
             (State::OpenConfirm, Event::Message(Message::Keepalive)) => {
@@ -389,7 +430,10 @@ impl Session {
             (State::Established, Event::Message(Message::RouteRefresh(rr))) => {
                 self.restart_hold(out);
                 let RouteRefresh { family, subtype } = rr;
-                let known = self.negotiated.as_ref().is_some_and(|n| n.families.contains(&family));
+                let known = self
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.families.contains(&family));
                 // RFC 7313: only subtype 0 is a request; BoRR/EoRR markers are ignored.
                 if known && subtype == 0 {
                     out.push(Action::RouteRefreshRequested(family));
@@ -402,7 +446,10 @@ impl Session {
                 }
             }
             (_, Event::TimerExpired(Timer::Hold)) => {
-                self.fail(out, DownReason::NotificationSent(Notification::hold_timer_expired()));
+                self.fail(
+                    out,
+                    DownReason::NotificationSent(Notification::hold_timer_expired()),
+                );
             }
             (_, Event::TimerExpired(_)) => {}
             (_, Event::Message(Message::Notification(n))) => {
@@ -420,18 +467,27 @@ impl Session {
                     State::OpenConfirm => 2,
                     _ => 3,
                 };
-                self.fail(out, DownReason::NotificationSent(Notification::fsm(subcode)));
+                self.fail(
+                    out,
+                    DownReason::NotificationSent(Notification::fsm(subcode)),
+                );
             }
         }
         if self.state != from {
             self.since = Some(now);
-            out.push(Action::StateChanged { from, to: self.state });
+            out.push(Action::StateChanged {
+                from,
+                to: self.state,
+            });
         }
     }
 
     fn connect(&mut self, out: &mut Vec<Action>) {
         out.push(Action::Connect);
-        out.push(Action::ArmTimer(Timer::ConnectRetry, self.config.connect_retry));
+        out.push(Action::ArmTimer(
+            Timer::ConnectRetry,
+            self.config.connect_retry,
+        ));
         self.state = State::Connect;
     }
 
@@ -448,7 +504,10 @@ impl Session {
             return;
         }
         let was_established = self.state == State::Established;
-        if matches!(self.state, State::OpenSent | State::OpenConfirm | State::Established) {
+        if matches!(
+            self.state,
+            State::OpenSent | State::OpenConfirm | State::Established
+        ) {
             let n = Notification::cease(cease_subcode::ADMIN_SHUTDOWN);
             out.push(Action::Send(Message::Notification(n)));
         }
@@ -477,20 +536,28 @@ impl Session {
         if self.state == State::Established {
             // RFC 4724 §4.2: only a dead TCP session (no NOTIFICATION) keeps routes as stale.
             let graceful_restart = match (&reason, &self.negotiated) {
-                (DownReason::ConnectionLost, Some(n)) => n.peer_graceful_restart.as_ref().map(|gr| {
-                    let families = gr
-                        .families
-                        .iter()
-                        .map(|f| f.family)
-                        .filter(|f| n.families.contains(f))
-                        .collect();
-                    (gr.restart_time, families)
-                }),
+                (DownReason::ConnectionLost, Some(n)) => {
+                    n.peer_graceful_restart.as_ref().map(|gr| {
+                        let families = gr
+                            .families
+                            .iter()
+                            .map(|f| f.family)
+                            .filter(|f| n.families.contains(f))
+                            .collect();
+                        (gr.restart_time, families)
+                    })
+                }
                 _ => None,
             };
-            out.push(Action::SessionDown(SessionDown { reason, graceful_restart }));
+            out.push(Action::SessionDown(SessionDown {
+                reason,
+                graceful_restart,
+            }));
         }
-        out.push(Action::ArmTimer(Timer::ConnectRetry, self.config.connect_retry));
+        out.push(Action::ArmTimer(
+            Timer::ConnectRetry,
+            self.config.connect_retry,
+        ));
         self.negotiated = None;
         self.state = State::Idle;
     }
@@ -506,22 +573,35 @@ impl Session {
             });
         }
         if open.hold_time == 1 || open.hold_time == 2 {
-            return Err(Notification::new(code::OPEN, open_subcode::UNACCEPTABLE_HOLD_TIME));
+            return Err(Notification::new(
+                code::OPEN,
+                open_subcode::UNACCEPTABLE_HOLD_TIME,
+            ));
         }
         let bad_id = open.bgp_id.is_unspecified()
             || open.bgp_id.is_multicast()
             || (self.config.is_ibgp() && open.bgp_id == self.config.router_id);
         if bad_id {
-            return Err(Notification::new(code::OPEN, open_subcode::BAD_BGP_IDENTIFIER));
+            return Err(Notification::new(
+                code::OPEN,
+                open_subcode::BAD_BGP_IDENTIFIER,
+            ));
         }
         let theirs = open.families();
-        let families =
-            self.config.families.iter().copied().filter(|f| theirs.contains(f)).collect();
+        let families = self
+            .config
+            .families
+            .iter()
+            .copied()
+            .filter(|f| theirs.contains(f))
+            .collect();
         Ok(Negotiated {
             peer_asn,
             peer_id: open.bgp_id,
             hold_time: self.config.hold_time.min(open.hold_time),
-            codec: CodecOptions { four_octet_asn: open.has_four_octet_as() },
+            codec: CodecOptions {
+                four_octet_asn: open.has_four_octet_as(),
+            },
             families,
             route_refresh: open.has_route_refresh(),
             peer_graceful_restart: open.graceful_restart().cloned(),
@@ -606,7 +686,10 @@ mod tests {
     }
 
     fn idle() -> Fixture {
-        Fixture { session: Session::new(config()), now: Instant::now() }
+        Fixture {
+            session: Session::new(config()),
+            now: Instant::now(),
+        }
     }
 
     fn connect() -> Fixture {
@@ -665,7 +748,10 @@ mod tests {
         let mut f = idle();
         assert_eq!(
             f.drive(Event::ManualStart),
-            vec![Action::ArmTimer(Timer::ConnectRetry, SECS(2)), changed(State::Idle, State::Connect)]
+            vec![
+                Action::ArmTimer(Timer::ConnectRetry, SECS(2)),
+                changed(State::Idle, State::Connect)
+            ]
         );
     }
 
@@ -673,7 +759,10 @@ mod tests {
     fn idle_passive_manual_start_goes_active_without_connecting() {
         let mut f = idle();
         f.session.config.passive = true;
-        assert_eq!(f.drive(Event::ManualStart), vec![changed(State::Idle, State::Active)]);
+        assert_eq!(
+            f.drive(Event::ManualStart),
+            vec![changed(State::Idle, State::Active)]
+        );
         assert_eq!(f.drive(Event::TimerExpired(Timer::ConnectRetry)), vec![]);
     }
 
@@ -689,7 +778,10 @@ mod tests {
         let mut f = connect();
         assert_eq!(
             f.drive(Event::TimerExpired(Timer::ConnectRetry)),
-            vec![Action::Connect, Action::ArmTimer(Timer::ConnectRetry, SECS(5))]
+            vec![
+                Action::Connect,
+                Action::ArmTimer(Timer::ConnectRetry, SECS(5))
+            ]
         );
     }
 
@@ -710,7 +802,10 @@ mod tests {
     #[test]
     fn connect_tcp_failure_goes_active() {
         let mut f = connect();
-        assert_eq!(f.drive(Event::TcpFailed), vec![changed(State::Connect, State::Active)]);
+        assert_eq!(
+            f.drive(Event::TcpFailed),
+            vec![changed(State::Connect, State::Active)]
+        );
     }
 
     #[test]
@@ -730,7 +825,10 @@ mod tests {
     fn active_accepts_incoming_connection() {
         let mut f = active();
         let actions = f.drive(Event::TcpConnected);
-        assert_eq!(actions.last(), Some(&changed(State::Active, State::OpenSent)));
+        assert_eq!(
+            actions.last(),
+            Some(&changed(State::Active, State::OpenSent))
+        );
     }
 
     #[test]
@@ -779,9 +877,14 @@ mod tests {
     fn open_with_wrong_peer_as_sends_bad_peer_as() {
         let mut f = open_sent();
         let mut open = peer_open();
-        open.capabilities.retain(|c| !matches!(c, Capability::FourOctetAs(_)));
+        open.capabilities
+            .retain(|c| !matches!(c, Capability::FourOctetAs(_)));
         open.my_as = 65000;
-        let n = Notification { code: code::OPEN, subcode: 2, data: vec![0xfd, 0xe8] };
+        let n = Notification {
+            code: code::OPEN,
+            subcode: 2,
+            data: vec![0xfd, 0xe8],
+        };
         assert_eq!(f.drive(Event::Message(Message::Open(open))), rejected(n));
     }
 
@@ -813,18 +916,26 @@ mod tests {
         c.peer_asn = c.local_asn;
         let s = Session::new(c);
         let mut open = peer_open();
-        open.capabilities.retain(|c| !matches!(c, Capability::FourOctetAs(_)));
+        open.capabilities
+            .retain(|c| !matches!(c, Capability::FourOctetAs(_)));
         open.my_as = 64512;
         open.bgp_id = Ipv4Addr::new(10, 0, 0, 1);
-        assert_eq!(s.validate_open(&open), Err(Notification::new(code::OPEN, 3)));
+        assert_eq!(
+            s.validate_open(&open),
+            Err(Notification::new(code::OPEN, 3))
+        );
     }
 
     #[test]
     fn families_are_the_intersection() {
         let s = Session::new(config());
         let mut open = peer_open();
-        open.capabilities.retain(|c| *c != Capability::Multiprotocol(Family::IPV6_UNICAST));
-        assert_eq!(s.validate_open(&open).unwrap().families, vec![Family::IPV4_UNICAST]);
+        open.capabilities
+            .retain(|c| *c != Capability::Multiprotocol(Family::IPV6_UNICAST));
+        assert_eq!(
+            s.validate_open(&open).unwrap().families,
+            vec![Family::IPV4_UNICAST]
+        );
     }
 
     #[test]
@@ -893,7 +1004,10 @@ mod tests {
         let mut f = open_confirm();
         assert_eq!(
             f.drive(Event::TimerExpired(Timer::Keepalive)),
-            vec![Action::Send(Message::Keepalive), Action::ArmTimer(Timer::Keepalive, SECS(20))]
+            vec![
+                Action::Send(Message::Keepalive),
+                Action::ArmTimer(Timer::Keepalive, SECS(20))
+            ]
         );
     }
 
@@ -903,7 +1017,10 @@ mod tests {
         let u = Update::end_of_rib(Family::IPV4_UNICAST);
         assert_eq!(
             f.drive(Event::Message(Message::Update(u.clone()))),
-            vec![Action::ArmTimer(Timer::Hold, SECS(60)), Action::UpdateReceived(u)]
+            vec![
+                Action::ArmTimer(Timer::Hold, SECS(60)),
+                Action::UpdateReceived(u)
+            ]
         );
     }
 
@@ -919,7 +1036,10 @@ mod tests {
     #[test]
     fn established_route_refresh_for_negotiated_family_is_handed_on() {
         let mut f = established();
-        let rr = RouteRefresh { family: Family::IPV6_UNICAST, subtype: 0 };
+        let rr = RouteRefresh {
+            family: Family::IPV6_UNICAST,
+            subtype: 0,
+        };
         assert_eq!(
             f.drive(Event::Message(Message::RouteRefresh(rr))),
             vec![
@@ -940,10 +1060,7 @@ mod tests {
                 Action::StopTimer(Timer::Keepalive),
                 Action::SessionDown(SessionDown {
                     reason: DownReason::ConnectionLost,
-                    graceful_restart: Some((
-                        120,
-                        vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST]
-                    )),
+                    graceful_restart: Some((120, vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST])),
                 }),
                 Action::ArmTimer(Timer::ConnectRetry, SECS(5)),
                 changed(State::Established, State::Idle),
@@ -976,7 +1093,10 @@ mod tests {
     fn established_open_is_fsm_error_for_established() {
         let mut f = established();
         let actions = f.drive(Event::Message(Message::Open(peer_open())));
-        assert_eq!(actions.first(), Some(&Action::Send(Message::Notification(Notification::fsm(3)))));
+        assert_eq!(
+            actions.first(),
+            Some(&Action::Send(Message::Notification(Notification::fsm(3))))
+        );
     }
 
     #[test]
@@ -984,7 +1104,10 @@ mod tests {
         let mut f = established();
         let n = Notification::new(code::UPDATE, 1);
         let actions = f.drive(Event::DecodeFailed(n.clone()));
-        assert_eq!(actions.first(), Some(&Action::Send(Message::Notification(n))));
+        assert_eq!(
+            actions.first(),
+            Some(&Action::Send(Message::Notification(n)))
+        );
         assert_eq!(f.session.state(), State::Idle);
     }
 
@@ -1027,12 +1150,33 @@ mod tests {
     fn collision_keeps_connection_of_higher_identifier() {
         let low = Ipv4Addr::new(10, 0, 0, 1);
         let high = Ipv4Addr::new(10, 0, 0, 2);
-        assert_eq!(resolve_collision(high, low), CollisionWinner::LocallyInitiated);
-        assert_eq!(resolve_collision(low, high), CollisionWinner::RemotelyInitiated);
+        assert_eq!(
+            resolve_collision(high, low),
+            CollisionWinner::LocallyInitiated
+        );
+        assert_eq!(
+            resolve_collision(low, high),
+            CollisionWinner::RemotelyInitiated
+        );
         assert!(accept_incoming(State::OpenSent, true, low, high));
         assert!(!accept_incoming(State::OpenSent, true, high, low));
         assert!(accept_incoming(State::Active, false, high, low));
         assert!(!accept_incoming(State::Established, true, low, high));
+    }
+
+    #[test]
+    fn open_confirm_replaced_connection_restarts_open_exchange() {
+        let mut f = open_confirm();
+        assert_eq!(
+            f.drive(Event::TcpConnectionReplaced),
+            vec![
+                Action::StopTimer(Timer::Keepalive),
+                Action::Send(Message::Open(config().open())),
+                Action::ArmTimer(Timer::Hold, SECS(240)),
+                changed(State::OpenConfirm, State::OpenSent),
+            ]
+        );
+        assert_eq!(f.session.negotiated(), None);
     }
 
     #[test]

@@ -133,27 +133,10 @@ pub async fn setup_workload(host: &Handle, spec: &WorkloadSpec) -> Result<Worklo
             reason: "no addresses to configure".into(),
         });
     }
-    let netns = Netns::open(&spec.container_netns).map_err(|e| container_unknown(spec, e))?;
-    let container = Handle::connect(netns.try_clone().map_err(Error::netlink("clone netns"))?)
-        .await
-        .map_err(Error::netlink(format!(
-            "open netlink in {}",
-            spec.container_netns.display()
-        )))?;
+    let container = container_handle(&spec.container_netns).await?;
     let host_name = spec.host_ifname.as_str();
     let cont_name = spec.container_ifname.as_str();
-
-    if container
-        .link(cont_name)
-        .await
-        .map_err(Error::netlink(format!("look up {cont_name} in container")))?
-        .is_some()
-    {
-        return Err(Error::InterfaceExists {
-            ifname: cont_name.to_string(),
-            netns: spec.container_netns.clone(),
-        });
-    }
+    ensure_ifname_free(&container, cont_name).await?;
     if host
         .delete_link_by_name(host_name)
         .await
@@ -168,7 +151,7 @@ pub async fn setup_workload(host: &Handle, spec: &WorkloadSpec) -> Result<Worklo
         .add_veth(&VethPair {
             name: host_name.to_string(),
             peer_name: cont_name.to_string(),
-            peer_netns: Some(&netns),
+            peer_netns: Some(container.netns()),
             mtu: Some(spec.mtu),
             mac: Some(HOST_MAC),
             peer_mac: None,
@@ -305,6 +288,8 @@ pub async fn teardown_workload(
 /// Verifies what [`setup_workload`] builds; the error names the first difference.
 pub async fn check_workload(host: &Handle, spec: &WorkloadSpec) -> Result<()> {
     let fail = |what: String| Err(Error::CheckFailed { what });
+    // First, so that a vanished container is "container unknown", not a difference.
+    let container = container_handle(&spec.container_netns).await?;
     let host_name = spec.host_ifname.as_str();
     let Some(host_link) = host
         .link(host_name)
@@ -341,13 +326,6 @@ pub async fn check_workload(host: &Handle, spec: &WorkloadSpec) -> Result<()> {
         }
     }
 
-    let netns = Netns::open(&spec.container_netns).map_err(|e| container_unknown(spec, e))?;
-    let container = Handle::connect(netns)
-        .await
-        .map_err(Error::netlink(format!(
-            "open netlink in {}",
-            spec.container_netns.display()
-        )))?;
     let cont_name = spec.container_ifname.as_str();
     let Some(cont_link) = container
         .link(cont_name)
@@ -391,16 +369,45 @@ pub async fn check_workload(host: &Handle, spec: &WorkloadSpec) -> Result<()> {
     Ok(())
 }
 
-fn container_unknown(spec: &WorkloadSpec, e: felis_netlink::Error) -> Error {
-    match e {
+/// A netlink handle in the container's namespace; a namespace that cannot be opened is
+/// [`Error::ContainerUnknown`] (CNI error 3).
+pub async fn container_handle(netns: &Path) -> Result<Handle> {
+    let opened = Netns::open(netns).map_err(|e| match e {
         felis_netlink::Error::NetnsOpen { source, .. } => Error::ContainerUnknown {
-            netns: spec.container_netns.clone(),
+            netns: netns.to_path_buf(),
             source,
         },
         other => Error::Netlink {
-            op: format!("open container netns {}", spec.container_netns.display()),
+            op: format!("open container netns {}", netns.display()),
             source: other,
         },
+    })?;
+    Handle::connect(opened)
+        .await
+        .map_err(Error::netlink(format!(
+            "open netlink in {}",
+            netns.display()
+        )))
+}
+
+/// Fails with [`Error::InterfaceExists`] if `ifname` is taken in the container: ADD never
+/// takes over an interface it did not create.
+pub async fn ensure_ifname_free(container: &Handle, ifname: &str) -> Result<()> {
+    let netns = container
+        .netns()
+        .path()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    match container
+        .link(ifname)
+        .await
+        .map_err(Error::netlink(format!("look up {ifname} in container")))?
+    {
+        None => Ok(()),
+        Some(_) => Err(Error::InterfaceExists {
+            ifname: ifname.to_string(),
+            netns,
+        }),
     }
 }
 

@@ -1,7 +1,7 @@
 //! CNI plugin (spec 1.0.0; 0.3.0/0.3.1/0.4.0 configs; STATUS and GC of 1.1.0).
 //!
 //! Layer: the plugin's logic and its kernel dataplane. The protocol half is pure and unit
-//! tested: [`env`] (the `CNI_*` variables), [`config`] (stdin), [`result`] (results of every
+//! tested: [`env`](mod@env) (the `CNI_*` variables), [`config`] (stdin), [`result`] (results of every
 //! version), [`error`] (the error JSON and the one code mapping), [`version`], [`naming`]
 //! (Calico's `cali…` names). The dataplane half ([`dataplane`]) builds Calico's veth, addresses,
 //! routes and sysctls through `felis-netlink`, and is tested in throwaway namespaces.
@@ -33,5 +33,8 @@ pub use crate::ipam::IpamRequest;
 pub use crate::plugin::Outcome;
 pub use crate::plugin::PluginOptions;
 pub use crate::plugin::run;
+pub use crate::plugin::run_ipam;
+pub use crate::plugin::run_ipam_process;
+pub use crate::plugin::run_process;
 pub use crate::result::CniResult;
 pub use crate::version::CniVersion;

@@ -52,6 +52,31 @@ impl Default for PluginOptions {
     }
 }
 
+impl PluginOptions {
+    /// Options from the process environment: `FELIX_INTERFACEPREFIX` (first entry) and
+    /// `FELIS_MTU_FILE`; everything else defaults.
+    pub fn from_vars<I, K, V>(vars: I) -> PluginOptions
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut options = PluginOptions::default();
+        for (k, v) in vars {
+            match k.as_ref() {
+                "FELIX_INTERFACEPREFIX" => {
+                    options.interface_prefix = naming::interface_prefix(Some(v.as_ref()));
+                }
+                "FELIS_MTU_FILE" if !v.as_ref().is_empty() => {
+                    options.mtu_file = Some(PathBuf::from(v.as_ref()));
+                }
+                _ => {}
+            }
+        }
+        options
+    }
+}
+
 /// What the process should print and exit with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -73,13 +98,25 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
-    // The version to answer errors in: the config's, when it can be read at all.
-    let requested_version = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
-        v.get("cniVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
-    match dispatch(vars, stdin, ipam, options) {
+    finish(
+        dispatch(vars, stdin, ipam, options),
+        requested_version(stdin),
+    )
+}
+
+/// The `cniVersion` on stdin, if stdin is JSON at all: VERSION echoes it, errors answer in it.
+fn requested_version(stdin: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()?
+        .get("cniVersion")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Turns a command's outcome into stdout and an exit code; errors are answered in the
+/// requested version when there is one.
+fn finish(outcome: Result<Option<Value>>, requested_version: Option<String>) -> Outcome {
+    match outcome {
         Ok(Some(value)) => Outcome {
             stdout: format!("{value}\n"),
             exit_code: 0,
@@ -101,6 +138,108 @@ where
     }
 }
 
+/// Runs one invocation as an IPAM plugin (`felis-ipam`, `calico-ipam`): the runtime-facing
+/// protocol is the same, but ADD only allocates and returns `ips`/`routes`/`dns` (no
+/// interfaces), DEL only releases, CHECK only asks IPAM. No dataplane work.
+pub fn run_ipam<I, K, V>(vars: I, stdin: &[u8], ipam: &dyn IpamClient) -> Outcome
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let requested = requested_version(stdin);
+    let outcome = (|| -> Result<Option<Value>> {
+        let env = CniEnv::from_vars(vars)?;
+        if env.command == Command::Version {
+            return Ok(Some(version_info(requested.as_deref())));
+        }
+        let config = NetworkConfig::parse(stdin)?;
+        let version = config.version()?;
+        let handle = naming::ipam_handle(&config.name, &env.container_id);
+        let request = IpamRequest {
+            env: &env,
+            config: &config,
+            raw_config: stdin,
+            handle: &handle,
+        };
+        match env.command {
+            Command::Add => {
+                let mut result = ipam.add(&request)?;
+                if result.ips.is_empty() {
+                    ipam.del(&request)?;
+                    return Err(Error::NoAddresses { handle });
+                }
+                // An IPAM plugin names no interfaces; the main plugin assigns them.
+                result.interfaces.clear();
+                for ip in &mut result.ips {
+                    ip.interface = None;
+                }
+                Ok(Some(result.to_json(version)))
+            }
+            Command::Del => ipam.del(&request).map(|()| None),
+            Command::Check if version.supports_check() => ipam.check(&request).map(|()| None),
+            Command::Status if version.supports_status_and_gc() => {
+                ipam.status(&config).map(|()| None)
+            }
+            Command::Gc if version.supports_status_and_gc() => Ok(None),
+            Command::Version => Ok(Some(version_info(Some(version.as_str())))),
+            other => Err(Error::CommandNotInVersion {
+                command: other.as_str(),
+                version: version.to_string(),
+            }),
+        }
+    })();
+    finish(outcome, requested)
+}
+
+/// The whole process edge for the binary: reads the environment and stdin, runs, prints the
+/// outcome on stdout and returns the exit code.
+pub fn run_process(ipam: &dyn IpamClient) -> i32 {
+    process_edge(|vars, stdin| {
+        let options = PluginOptions::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        run(
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            stdin,
+            ipam,
+            &options,
+        )
+    })
+}
+
+/// [`run_process`] for the IPAM plugin mode ([`run_ipam`]).
+pub fn run_ipam_process(ipam: &dyn IpamClient) -> i32 {
+    process_edge(|vars, stdin| {
+        run_ipam(
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            stdin,
+            ipam,
+        )
+    })
+}
+
+/// Reads the environment and stdin, runs `f`, prints its stdout, returns the exit code.
+fn process_edge(f: impl FnOnce(&[(String, String)], &[u8]) -> Outcome) -> i32 {
+    use std::io::Read;
+    use std::io::Write;
+
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => f(&vars, &stdin),
+        Err(source) => {
+            let e = Error::Io {
+                action: "reading the network configuration from stdin".into(),
+                source,
+            };
+            finish(Err(e), None)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    outcome.exit_code
+}
+
 fn dispatch<I, K, V>(
     vars: I,
     stdin: &[u8],
@@ -115,12 +254,7 @@ where
     let env = CniEnv::from_vars(vars)?;
     if env.command == Command::Version {
         // VERSION's stdin is just {"cniVersion": ...}; it may even be empty.
-        let requested = serde_json::from_slice::<Value>(stdin).ok();
-        let requested = requested
-            .as_ref()
-            .and_then(|v| v.get("cniVersion"))
-            .and_then(Value::as_str);
-        return Ok(Some(version_info(requested)));
+        return Ok(Some(version_info(requested_version(stdin).as_deref())));
     }
     let config = NetworkConfig::parse(stdin)?;
     let version = config.version()?;
@@ -228,7 +362,13 @@ fn cmd_add(
 ) -> Result<Value> {
     let env = request.env;
     // Spec: ADD of an unknown container is error 3; check before allocating anything.
-    ensure_netns_exists(env)?;
+    // Unknown container (error 3) or a repeated ADD: refuse before IPAM, since rolling back
+    // would release the live workload's addresses.
+    let container_netns = env.netns.clone().ok_or(Error::MissingEnv("CNI_NETNS"))?;
+    block_on(async {
+        let container = dataplane::container_handle(&container_netns).await?;
+        dataplane::ensure_ifname_free(&container, &env.ifname).await
+    })?;
     let allocated = ipam.add(request)?;
     let addresses = allocated.addresses_of(&env.ifname);
     if addresses.is_empty() {
@@ -296,19 +436,6 @@ fn cmd_add(
     Ok(result.to_json(version))
 }
 
-/// Spec: a command on a container whose namespace is gone is error 3 (container unknown).
-fn ensure_netns_exists(env: &CniEnv) -> Result<()> {
-    if let Some(netns) = &env.netns
-        && let Err(source) = std::fs::metadata(netns)
-    {
-        return Err(Error::ContainerUnknown {
-            netns: netns.clone(),
-            source,
-        });
-    }
-    Ok(())
-}
-
 fn release_after_failure(request: &IpamRequest<'_>, ipam: &dyn IpamClient) {
     if let Err(e) = ipam.del(request) {
         tracing::warn!(handle = request.handle, error = %e, "releasing addresses after failed ADD failed");
@@ -343,10 +470,77 @@ fn cmd_check(
         })?;
     let addresses = prev.addresses_of(&request.env.ifname);
     let spec = workload_spec(request, options, addresses)?;
-    ensure_netns_exists(request.env)?;
     block_on(async {
         let host = host_handle(options).await?;
         dataplane::check_workload(&host, &spec).await
     })?;
     ipam.check(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_felix_interface_prefix() {
+        let o = PluginOptions::from_vars([("FELIX_INTERFACEPREFIX", "tap,cali"), ("X", "y")]);
+        assert_eq!(o.interface_prefix, "tap");
+        let o = PluginOptions::from_vars([("FELIS_MTU_FILE", "/run/felis/mtu")]);
+        assert_eq!(o.mtu_file, Some(PathBuf::from("/run/felis/mtu")));
+        assert_eq!(
+            PluginOptions::from_vars(Vec::<(String, String)>::new()),
+            PluginOptions::default()
+        );
+    }
+
+    struct OneAddress;
+
+    impl IpamClient for OneAddress {
+        fn add(&self, request: &IpamRequest<'_>) -> Result<CniResult> {
+            assert_eq!(request.handle, "k8s-pod-network.c1");
+            CniResult::from_json(
+                &serde_json::json!({"cniVersion": "1.0.0",
+                    "interfaces": [{"name": "eth0"}],
+                    "ips": [{"address": "10.244.1.5/32", "interface": 0}]}),
+                "test",
+            )
+        }
+        fn del(&self, _request: &IpamRequest<'_>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn ipam_vars(command: &'static str) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ]
+    }
+
+    #[test]
+    fn ipam_plugin_mode_returns_addresses_without_interfaces() {
+        let stdin = br#"{"cniVersion":"0.3.1","name":"k8s-pod-network","type":"calico",
+            "ipam":{"type":"felis-ipam"}}"#;
+        let out = run_ipam(ipam_vars("ADD"), stdin, &OneAddress);
+        assert_eq!(out.exit_code, 0, "{}", out.stdout);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cniVersion": "0.3.1",
+                "ips": [{"version": "4", "address": "10.244.1.5/32"}], "dns": {}})
+        );
+        assert_eq!(
+            run_ipam(ipam_vars("DEL"), stdin, &OneAddress),
+            Outcome {
+                stdout: String::new(),
+                exit_code: 0
+            }
+        );
+        let check = run_ipam(ipam_vars("CHECK"), stdin, &OneAddress);
+        let v: Value = serde_json::from_str(&check.stdout).unwrap();
+        assert_eq!((check.exit_code, v["code"].as_u64()), (1, Some(1)));
+    }
 }

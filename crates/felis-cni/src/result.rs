@@ -397,4 +397,77 @@ mod tests {
             json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1/32", "interface": 3}]});
         assert!(CniResult::from_json(&out, "prevResult").is_err());
     }
+
+    mod prop {
+        use std::net::Ipv4Addr;
+        use std::net::Ipv6Addr;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn ip_net() -> impl Strategy<Value = IpNet> {
+            prop_oneof![
+                (any::<u32>(), 0u8..=32)
+                    .prop_map(|(a, l)| IpNet::new(Ipv4Addr::from(a).into(), l).unwrap()),
+                (any::<u128>(), 0u8..=128).prop_map(|(a, l)| IpNet::new(
+                    Ipv6Addr::from(a).into(),
+                    l
+                )
+                .unwrap()),
+            ]
+        }
+
+        fn result() -> impl Strategy<Value = CniResult> {
+            let interface = (
+                "[a-z][a-z0-9]{0,14}",
+                proptest::option::of("[0-9a-f:]{17}"),
+                proptest::option::of("/run/netns/[a-z]{1,8}"),
+            )
+                .prop_map(|(name, mac, sandbox)| Interface {
+                    name,
+                    mac,
+                    sandbox,
+                    mtu: None,
+                });
+            (
+                proptest::collection::vec(interface, 0..3),
+                proptest::collection::vec((ip_net(), proptest::option::of(any::<u32>())), 0..4),
+                proptest::collection::vec((ip_net(), proptest::option::of(any::<u32>())), 0..3),
+            )
+                .prop_map(|(interfaces, ips, routes)| {
+                    let n = interfaces.len();
+                    CniResult {
+                        ips: ips
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, (address, gw))| IpConfig {
+                                address,
+                                gateway: gw.map(|g| IpAddr::V4(Ipv4Addr::from(g))),
+                                interface: (n > 0).then(|| i % n),
+                            })
+                            .collect(),
+                        routes: routes
+                            .into_iter()
+                            .map(|(dst, gw)| RouteEntry {
+                                dst,
+                                gw: gw.map(|g| IpAddr::V4(Ipv4Addr::from(g))),
+                            })
+                            .collect(),
+                        interfaces,
+                        dns: Dns::default(),
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_result_round_trips_in_every_version(r in result()) {
+                for v in CniVersion::SUPPORTED {
+                    let back = CniResult::from_json(&r.to_json(v), "result").unwrap();
+                    prop_assert_eq!(&back, &r);
+                }
+            }
+        }
+    }
 }

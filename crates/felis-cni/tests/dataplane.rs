@@ -1,7 +1,7 @@
 //! The workload dataplane in throwaway namespaces (`ct-<pid>-<n>`); skipped unless root.
 
 // Test helpers outside #[test] functions may unwrap too.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::io::Read;
 use std::io::Write;
@@ -58,7 +58,19 @@ fn tcp_exchange(listener_ns: &TestNetns, bind: SocketAddr, from: &TestNetns) -> 
             .unwrap();
     });
     let reply = from.run(|| {
-        let mut conn = TcpStream::connect_timeout(&bind, Duration::from_secs(5)).unwrap();
+        // IPv6 addresses leave "tentative" asynchronously (kernel DAD work, even with DAD off):
+        // retry briefly rather than race it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let mut conn = loop {
+            match TcpStream::connect_timeout(&bind, Duration::from_secs(3)) {
+                Ok(conn) => break conn,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("connect to {bind} failed ({e}), retrying");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("connect to {bind}: {e}"),
+            }
+        };
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut reply = String::new();
         conn.read_to_string(&mut reply).unwrap();

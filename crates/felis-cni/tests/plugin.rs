@@ -227,19 +227,47 @@ fn a_dataplane_failure_releases_the_address() {
     }
     let f = Fixture::new();
     let pod = TestNetns::new().unwrap();
-    // Something already called eth0 in the pod: ADD fails after IPAM assigned .2.
-    pod.ip(&["link", "add", "eth0", "type", "bridge"]);
+    // Another interface already owns the route to .2: ADD fails after IPAM assigned it.
+    f.host.ip(&["link", "set", "uplink", "up"]);
+    f.host
+        .ip(&["route", "add", "10.25.0.2/32", "dev", "uplink"]);
     let config = f.config("1.0.0", "10.25.0.0/24");
     let add = f.call("ADD", "busy", Some(pod.path()), &config);
     assert_eq!(add.exit_code, 1);
-    assert_eq!(json_of(&add)["code"], 102, "{}", add.stdout);
+    let e = json_of(&add);
+    assert_eq!(e["code"], 102, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("uplink"), "{e}");
     assert!(
         !f.data.path().join("felis-test/10.25.0.2").exists(),
         "address leaked"
     );
-    // The foreign eth0 is untouched and no host veth is left.
-    assert!(pod.ip(&["link", "show", "eth0"]).contains("eth0"));
+    // Nothing half-built is left on either side.
     assert!(!f.host.ip(&["link"]).contains("cali"));
+    assert!(!pod.ip(&["link"]).contains("eth0"));
+}
+
+#[test]
+fn a_repeated_add_does_not_release_the_live_address() {
+    if skip("a_repeated_add_does_not_release_the_live_address") {
+        return;
+    }
+    let f = Fixture::new();
+    let pod = TestNetns::new().unwrap();
+    let config = f.config("1.0.0", "10.31.0.0/24");
+    assert_eq!(
+        f.call("ADD", "again", Some(pod.path()), &config).exit_code,
+        0
+    );
+    let again = f.call("ADD", "again", Some(pod.path()), &config);
+    assert_eq!(
+        (again.exit_code, json_of(&again)["code"].as_u64()),
+        (1, Some(102))
+    );
+    assert!(
+        f.data.path().join("felis-test/10.31.0.2").exists(),
+        "live address released"
+    );
+    assert!(pod.ip(&["addr", "show", "eth0"]).contains("10.31.0.2/32"));
 }
 
 #[test]
@@ -329,4 +357,125 @@ fn version_and_status() {
         &options,
     );
     assert_eq!(json_of(&out)["code"], 1);
+}
+
+#[test]
+fn a_requested_ip_in_cni_args_reaches_host_local() {
+    if skip("a_requested_ip_in_cni_args_reaches_host_local") {
+        return;
+    }
+    // podman --ip 10.27.0.50 sends IP=10.27.0.50 in CNI_ARGS; the delegated IPAM honours it.
+    let f = Fixture::new();
+    let pod = TestNetns::new().unwrap();
+    let vars = [
+        ("CNI_COMMAND", "ADD".to_string()),
+        ("CNI_CONTAINERID", "fixedip".to_string()),
+        ("CNI_NETNS", pod.path().display().to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", CNI_PATH.to_string()),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAME=fixed;IP=10.27.0.50".to_string(),
+        ),
+    ];
+    let config = f.config("1.0.0", "10.27.0.0/24");
+    let add = felis_cni::run(
+        vars,
+        config.to_string().as_bytes(),
+        &DelegatedIpam,
+        &f.options,
+    );
+    assert_eq!(add.exit_code, 0, "{}", add.stdout);
+    assert_eq!(json_of(&add)["ips"][0]["address"], "10.27.0.50/24");
+    // Only one of namespace/pod given: not a Kubernetes name, so cali + container ID.
+    assert!(f.host.ip(&["link"]).contains("califixedip"));
+}
+
+#[test]
+fn dual_stack_with_host_local() {
+    if skip("dual_stack_with_host_local") {
+        return;
+    }
+    let f = Fixture::new();
+    let pod = TestNetns::new().unwrap();
+    let mut config = f.config("1.0.0", "10.28.0.0/24");
+    config["ipam"]["ranges"] = json!([[{"subnet": "10.28.0.0/24"}], [{"subnet": "fd00:28::/64"}]]);
+    let add = f.call("ADD", "dual", Some(pod.path()), &config);
+    assert_eq!(add.exit_code, 0, "{}", add.stdout);
+    let result = json_of(&add);
+    assert_eq!(result["ips"][0]["address"], "10.28.0.2/24");
+    assert_eq!(result["ips"][1]["address"], "fd00:28::2/64");
+    assert_eq!(result["ips"][1]["interface"], 1);
+    let v6 = pod.ip(&["-6", "addr", "show", "eth0"]);
+    assert!(v6.contains("inet6 fd00:28::2/128"), "{v6}");
+    // DAD is off, so the kernel's (asynchronous) DAD work clears "tentative" at once, well
+    // before the 1 s a real DAD probe would take.
+    let dad = pod.exec("cat", &["/proc/sys/net/ipv6/conf/eth0/accept_dad"]);
+    assert_eq!(dad.trim(), "0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    while pod
+        .ip(&["-6", "addr", "show", "eth0"])
+        .contains("tentative")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "address still tentative after 500 ms"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let host_ifname = felis_cni::naming::host_veth_name("cali", Some(("default", "dual")), "dual");
+    let routes = f.host.ip(&["-6", "route", "show", "proto", "boot"]);
+    assert!(
+        routes.contains(&format!("fd00:28::2 dev {host_ifname}")),
+        "{routes}"
+    );
+    let proxy_ndp = f.host.exec(
+        "cat",
+        &[&format!("/proc/sys/net/ipv6/conf/{host_ifname}/proxy_ndp")],
+    );
+    assert_eq!(proxy_ndp.trim(), "1");
+    let mut with_prev = config.clone();
+    with_prev["prevResult"] = result;
+    assert_eq!(
+        f.call("CHECK", "dual", Some(pod.path()), &with_prev)
+            .exit_code,
+        0
+    );
+    assert_eq!(
+        f.call("DEL", "dual", Some(pod.path()), &with_prev)
+            .exit_code,
+        0
+    );
+}
+
+#[test]
+fn parallel_adds_and_dels_on_one_host() {
+    if skip("parallel_adds_and_dels_on_one_host") {
+        return;
+    }
+    let f = Fixture::new();
+    let config = f.config("1.0.0", "10.29.0.0/24");
+    let pods: Vec<TestNetns> = (0..8).map(|_| TestNetns::new().unwrap()).collect();
+    std::thread::scope(|s| {
+        for (n, pod) in pods.iter().enumerate() {
+            let (f, config) = (&f, &config);
+            s.spawn(move || {
+                let add = f.call("ADD", &format!("par{n}"), Some(pod.path()), config);
+                assert_eq!(add.exit_code, 0, "{}", add.stdout);
+            });
+        }
+    });
+    let routes = f.host.ip(&["route", "show", "proto", "boot"]);
+    assert_eq!(routes.lines().count(), 8, "{routes}");
+    std::thread::scope(|s| {
+        for (n, pod) in pods.iter().enumerate() {
+            let (f, config) = (&f, &config);
+            s.spawn(move || {
+                let del = f.call("DEL", &format!("par{n}"), Some(pod.path()), config);
+                assert_eq!(del.exit_code, 0, "{}", del.stdout);
+            });
+        }
+    });
+    assert!(f.host.ip(&["route", "show", "proto", "boot"]).is_empty());
+    assert!(!f.host.ip(&["link"]).contains("cali"));
 }

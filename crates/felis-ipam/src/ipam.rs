@@ -30,6 +30,7 @@ use crate::model::AllocationAttribute;
 use crate::model::Block;
 use crate::model::BlockCidr;
 use crate::model::CONFIG_KEY;
+use crate::model::HOST_PREFIX;
 use crate::model::Handle;
 use crate::model::IpFamily;
 use crate::model::IpamConfig;
@@ -438,8 +439,11 @@ impl<'s> Ipam<'s> {
         let handle = request.handle_id.as_str();
         let mut got: Vec<IpNet> = Vec::new();
         // (a) Blocks already affine to this node, in pools that serve it.
-        let affine: Vec<BlockCidr> = self
-            .list(&affinity_prefix(node, family))?
+        // Newest claim first: older blocks are usually full, and a full block is skipped
+        // without decoding it (see `looks_full`).
+        let mut affinities = self.list(&affinity_prefix(node, family))?;
+        affinities.sort_by_key(|kv| std::cmp::Reverse(kv.create_revision));
+        let affine: Vec<BlockCidr> = affinities
             .iter()
             .filter_map(|kv| parse_affinity_key(&kv.key).map(|(_, block)| block))
             .collect();
@@ -570,6 +574,9 @@ impl<'s> Ipam<'s> {
             let Some(kv) = self.get(&key)? else {
                 return Ok(Attempt::Done(Vec::new()));
             };
+            if looks_full(&kv.value) {
+                return Ok(Attempt::Done(Vec::new()));
+            }
             let mut record: Block = decode(&kv)?;
             if record.deleted || affine_to.is_some_and(|n| !record.is_affine_to(n)) {
                 return Ok(Attempt::Done(Vec::new()));
@@ -611,12 +618,26 @@ impl<'s> Ipam<'s> {
             return Ok(None);
         };
         let prefix = block_prefix(family);
+        // Blocks known to exist, from every host's (small) affinity records rather than the
+        // (large) blocks. A block without affinity (its node was deleted while it still held
+        // addresses) is missed: creating it fails, the choice is marked taken, and after a few
+        // failures the full block listing is read instead.
+        let segment = format!("/{}/block/", family.segment());
+        let mut existing: HashSet<BlockCidr> = self
+            .list(HOST_PREFIX)?
+            .iter()
+            .filter(|kv| kv.key.contains(&segment))
+            .filter_map(|kv| parse_affinity_key(&kv.key).map(|(_, block)| block))
+            .collect();
+        let mut failures = 0;
         self.retry(&prefix, || {
-            let existing: HashSet<BlockCidr> = self
-                .list(&prefix)?
-                .iter()
-                .filter_map(|kv| kv.key.strip_prefix(&prefix).and_then(BlockCidr::from_name))
-                .collect();
+            if failures == 3 {
+                existing.extend(
+                    self.list(&prefix)?.iter().filter_map(|kv| {
+                        kv.key.strip_prefix(&prefix).and_then(BlockCidr::from_name)
+                    }),
+                );
+            }
             let Some(cidr) = choose_new_block(pools, &existing, &ctx.reservations, rng) else {
                 return Ok(Attempt::Done(None));
             };
@@ -640,6 +661,8 @@ impl<'s> Ipam<'s> {
             Ok(if self.commit(&ops)? {
                 Attempt::Done(Some(with_prefix(&ips, &cidr)))
             } else {
+                existing.insert(cidr);
+                failures += 1;
                 Attempt::Retry
             })
         })
@@ -1120,6 +1143,14 @@ impl<'s> Ipam<'s> {
             (None, None) => IpamConfig::default(),
         })
     }
+}
+
+/// Whether a stored block's JSON says it has no free ordinal, found without decoding it: Go's
+/// `encoding/json` and `serde_json` both write `"unallocated":[]` for a full block. A block
+/// written with other spacing is simply decoded.
+fn looks_full(value: &[u8]) -> bool {
+    const FULL: &[u8] = br#""unallocated":[]"#;
+    value.windows(FULL.len()).any(|w| w == FULL)
 }
 
 fn with_prefix(ips: &[IpAddr], block: &BlockCidr) -> Vec<IpNet> {

@@ -286,23 +286,43 @@ mod tests {
     use super::*;
 
     fn put(store: &MemStore, key: &str, value: &str) -> Revision {
-        store.commit(&[TxnOp::Put { key: key.into(), value: value.into() }]).unwrap()
+        store
+            .commit(&[TxnOp::Put {
+                key: key.into(),
+                value: value.into(),
+            }])
+            .unwrap()
     }
 
     #[test]
     fn cas_create_update_delete_follow_etcd() {
         let store = MemStore::new();
         let r1 = store.create("/a", b"1").unwrap();
-        assert!(matches!(store.create("/a", b"2"), Err(Error::AlreadyExists { .. })));
-        assert!(matches!(store.update("/a", b"2", Some(Revision(99))), Err(Error::Conflict { .. })));
+        assert!(matches!(
+            store.create("/a", b"2"),
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            store.update("/a", b"2", Some(Revision(99))),
+            Err(Error::Conflict { .. })
+        ));
         let r2 = store.update("/a", b"2", Some(r1)).unwrap();
         let kv = store.get("/a").unwrap().unwrap();
         assert_eq!((kv.create_revision, kv.mod_revision), (r1, r2));
-        assert!(matches!(store.update("/b", b"x", None), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            store.update("/b", b"x", None),
+            Err(Error::NotFound { .. })
+        ));
         // A failed transaction changes nothing.
         let failed = store.commit(&[
-            TxnOp::Put { key: "/c".into(), value: b"c".to_vec() },
-            TxnOp::Delete { key: "/a".into(), expected: Some(r1) },
+            TxnOp::Put {
+                key: "/c".into(),
+                value: b"c".to_vec(),
+            },
+            TxnOp::Delete {
+                key: "/a".into(),
+                expected: Some(r1),
+            },
         ]);
         assert!(failed.is_err());
         assert!(store.get("/c").unwrap().is_none());
@@ -317,9 +337,18 @@ mod tests {
         put(&store, "/x/1", "a");
         let r = store
             .commit(&[
-                TxnOp::Put { key: "/x/2".into(), value: b"b".to_vec() },
-                TxnOp::Put { key: "/y/1".into(), value: b"c".to_vec() },
-                TxnOp::Put { key: "/x/3".into(), value: b"d".to_vec() },
+                TxnOp::Put {
+                    key: "/x/2".into(),
+                    value: b"b".to_vec(),
+                },
+                TxnOp::Put {
+                    key: "/y/1".into(),
+                    value: b"c".to_vec(),
+                },
+                TxnOp::Put {
+                    key: "/x/3".into(),
+                    value: b"d".to_vec(),
+                },
             ])
             .unwrap();
         store.delete("/x/1", None).unwrap();
@@ -332,13 +361,21 @@ mod tests {
                 WatchEvent::Compacted { .. } => "compacted".into(),
             });
         }
-        assert_eq!(keys, ["put /x/1 @1", "put /x/2 @2", "put /x/3 @2", "del /x/1 @3"]);
+        assert_eq!(
+            keys,
+            ["put /x/1 @1", "put /x/2 @2", "put /x/3 @2", "del /x/1 @3"]
+        );
         // From the middle of history.
         let mut watch = store.watch("/x/", r).unwrap();
-        assert!(matches!(watch.next(Duration::ZERO).unwrap(), Some(WatchEvent::Put(kv)) if kv.key == "/x/2"));
+        assert!(
+            matches!(watch.next(Duration::ZERO).unwrap(), Some(WatchEvent::Put(kv)) if kv.key == "/x/2")
+        );
         store.compact(Revision(3)).unwrap();
         let mut old = store.watch("/x/", Revision(1)).unwrap();
-        assert!(matches!(old.next(Duration::ZERO).unwrap(), Some(WatchEvent::Compacted { .. })));
+        assert!(matches!(
+            old.next(Duration::ZERO).unwrap(),
+            Some(WatchEvent::Compacted { .. })
+        ));
         // A live watch sees later writes.
         let mut live = store.watch("/x/", Revision(4)).unwrap();
         let writer = store.clone();

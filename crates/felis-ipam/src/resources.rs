@@ -58,6 +58,21 @@ pub fn decode_pool(kv: &KeyValue) -> Result<Pool, Error> {
     })?;
     let node_selector = Selector::parse(&pool.spec.node_selector)
         .map_err(|e| invalid(kv, format!("spec.nodeSelector: {e}")))?;
+    // Resource::from_value validated this for manifests; a bare body was not.
+    let block_size = pool.spec.block_size();
+    let (lo, hi) = match pool.spec.cidr {
+        IpNet::V4(_) => (20, 32),
+        IpNet::V6(_) => (116, 128),
+    };
+    if !(lo..=hi).contains(&block_size) || block_size < pool.spec.cidr.prefix_len() {
+        return Err(invalid(
+            kv,
+            format!(
+                "spec.blockSize {block_size} does not fit pool {}",
+                pool.spec.cidr
+            ),
+        ));
+    }
     let allowed_uses = if pool.spec.allowed_uses.is_empty() {
         vec![
             felis_api::AllowedUse::Workload,
@@ -69,7 +84,7 @@ pub fn decode_pool(kv: &KeyValue) -> Result<Pool, Error> {
     Ok(Pool {
         name: pool.metadata.name.clone(),
         cidr: pool.spec.cidr.trunc(),
-        block_size: pool.spec.block_size(),
+        block_size,
         disabled: pool.spec.disabled,
         node_selector,
         allowed_uses,

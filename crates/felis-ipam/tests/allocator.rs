@@ -441,7 +441,10 @@ fn show_counts_and_renders() {
 
 #[test]
 fn uses_blocks_written_by_calico() {
-    let store = store_with(&[pool("default-ipv4-ippool", "10.244.0.0/16", 26)], &["node1"]);
+    let store = store_with(
+        &[pool("default-ipv4-ippool", "10.244.0.0/16", 26)],
+        &["node1"],
+    );
     let mut allocations = vec![serde_json::Value::Null; 64];
     allocations[0] = serde_json::json!(0);
     let block = serde_json::json!({
@@ -458,33 +461,64 @@ fn uses_blocks_written_by_calico() {
         "sequenceNumberForAllocation": {"0": 0},
     });
     store
-        .create("/calico/ipam/v2/assignment/ipv4/block/10-244-120-64-26", block.to_string().as_bytes())
+        .create(
+            "/calico/ipam/v2/assignment/ipv4/block/10-244-120-64-26",
+            block.to_string().as_bytes(),
+        )
         .unwrap();
     store
-        .create("/calico/ipam/v2/host/node1/ipv4/block/10-244-120-64-26", br#"{"state":"confirmed","deleted":false}"#)
+        .create(
+            "/calico/ipam/v2/host/node1/ipv4/block/10-244-120-64-26",
+            br#"{"state":"confirmed","deleted":false}"#,
+        )
         .unwrap();
     store
-        .create("/calico/ipam/v2/handle/k8s-pod-network.abc", br#"{"block":{"10.244.120.64/26":1},"deleted":false}"#)
+        .create(
+            "/calico/ipam/v2/handle/k8s-pod-network.abc",
+            br#"{"block":{"10.244.120.64/26":1},"deleted":false}"#,
+        )
         .unwrap();
     let ipam = Ipam::new(&store);
     assert_eq!(ipam.check().unwrap().problems(), 0);
-    let got = ipam.auto_assign(&AutoAssignRequest::v4("node1", "k8s-pod-network.def", 1), now(), &mut rng(1)).unwrap();
+    let got = ipam
+        .auto_assign(
+            &AutoAssignRequest::v4("node1", "k8s-pod-network.def", 1),
+            now(),
+            &mut rng(1),
+        )
+        .unwrap();
     assert_eq!(got.v4[0], net("10.244.120.65/26"));
     let status = ipam.show_ip(ip("10.244.120.64")).unwrap();
     assert_eq!(status.handle.as_deref(), Some("k8s-pod-network.abc"));
     assert_eq!(status.attributes["pod"], "nginx");
-    assert_eq!(ipam.release_by_handle("k8s-pod-network.abc").unwrap(), vec![ip("10.244.120.64")]);
+    assert_eq!(
+        ipam.release_by_handle("k8s-pod-network.abc").unwrap(),
+        vec![ip("10.244.120.64")]
+    );
     assert_eq!(ipam.check().unwrap().problems(), 0);
 }
 
 #[test]
 fn failed_v6_releases_the_v4_addresses() {
-    let store = store_with(&[pool("v4", "10.0.0.0/24", 26), pool("v6", "fd00::/126", 126)], &["n1"]);
+    let store = store_with(
+        &[pool("v4", "10.0.0.0/24", 26), pool("v6", "fd00::/126", 126)],
+        &["n1"],
+    );
     let ipam = Ipam::new(&store);
     let mut req = AutoAssignRequest::v4("n1", "dual", 2);
     req.num_v6 = 5;
     let err = ipam.auto_assign(&req, now(), &mut rng(1)).unwrap_err();
-    assert!(matches!(err, Error::PoolExhausted { family: felis_ipam::IpFamily::V6, got: 4, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::PoolExhausted {
+                family: felis_ipam::IpFamily::V6,
+                got: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(allocated(&ipam).is_empty());
     assert!(store.get(&handle_key("dual")).unwrap().is_none());
     assert_eq!(ipam.check().unwrap().problems(), 0);
@@ -494,10 +528,12 @@ fn failed_v6_releases_the_v4_addresses() {
 fn release_from_reports_only_fixes_what_every_report_found() {
     let store = store_with(&[pool("p", "10.0.0.0/24", 26)], &["n1"]);
     let ipam = Ipam::new(&store);
-    ipam.auto_assign(&AutoAssignRequest::v4("n1", "a", 1), now(), &mut rng(1)).unwrap();
+    ipam.auto_assign(&AutoAssignRequest::v4("n1", "a", 1), now(), &mut rng(1))
+        .unwrap();
     store.delete(&handle_key("a"), None).unwrap();
     let first = ipam.check().unwrap();
-    ipam.auto_assign(&AutoAssignRequest::v4("n1", "b", 1), now(), &mut rng(1)).unwrap();
+    ipam.auto_assign(&AutoAssignRequest::v4("n1", "b", 1), now(), &mut rng(1))
+        .unwrap();
     store.delete(&handle_key("b"), None).unwrap();
     let second = ipam.check().unwrap();
     assert_eq!((first.leaked.len(), second.leaked.len()), (1, 2));
@@ -509,10 +545,15 @@ fn release_from_reports_only_fixes_what_every_report_found() {
     // A report whose address was since released and reallocated releases nothing.
     let stale = after.clone();
     ipam.release_ips(&[after.leaked[0].ip]).unwrap();
-    let again = ipam.assign_ip(after.leaked[0].ip, "b", &BTreeMap::new(), "n1", now()).unwrap();
+    let again = ipam
+        .assign_ip(after.leaked[0].ip, "b", &BTreeMap::new(), "n1", now())
+        .unwrap();
     let summary = ipam.release_from_reports(&[stale]).unwrap();
     assert!(summary.released.is_empty());
-    assert_eq!(ipam.show_ip(again.addr()).unwrap().handle.as_deref(), Some("b"));
+    assert_eq!(
+        ipam.show_ip(again.addr()).unwrap().handle.as_deref(),
+        Some("b")
+    );
     assert_eq!(ipam.check().unwrap().problems(), 0);
 }
 
@@ -522,5 +563,106 @@ fn split_pools() {
     assert_eq!(parts.len(), 8);
     assert_eq!(parts[7], net("192.168.224.0/19"));
     let err = felis_ipam::split(net("192.168.0.0/24"), 26, 16).unwrap_err();
-    assert!(err.to_string().contains("smaller than the block size /26"), "{err}");
+    assert!(
+        err.to_string().contains("smaller than the block size /26"),
+        "{err}"
+    );
+}
+
+#[test]
+fn claims_skip_blocks_that_lost_their_affinity() {
+    for seed in 0..8 {
+        let store = store_with(&[pool("p", "10.0.0.0/25", 26)], &["old", "n2"]);
+        let ipam = Ipam::new(&store);
+        let kept = ipam
+            .assign_ip(ip("10.0.0.10"), "kept", &BTreeMap::new(), "old", now())
+            .unwrap();
+        delete_node(&store, "old");
+        assert_eq!(ipam.release_node_affinities("old").unwrap(), 1);
+        // 10.0.0.0/26 still exists (it holds `kept`) but no affinity names it.
+        let got = ipam
+            .auto_assign(&AutoAssignRequest::v4("n2", "a", 1), now(), &mut rng(seed))
+            .unwrap();
+        assert!(
+            net("10.0.0.64/26").contains(&got.v4[0].addr()),
+            "seed {seed}: {:?}",
+            got.v4
+        );
+        // n2's block fills up; the next address is borrowed from the unaffine block.
+        ipam.auto_assign(&AutoAssignRequest::v4("n2", "b", 63), now(), &mut rng(seed))
+            .unwrap();
+        let borrowed = ipam
+            .auto_assign(&AutoAssignRequest::v4("n2", "c", 1), now(), &mut rng(seed))
+            .unwrap();
+        assert!(net("10.0.0.0/26").contains(&borrowed.v4[0].addr()));
+        assert_eq!(ipam.check().unwrap().problems(), 0);
+        // Its last addresses released, the unaffine block is deleted.
+        ipam.release_by_handle("c").unwrap();
+        ipam.release_ips(&[kept.addr()]).unwrap();
+        assert!(block(&store, "10.0.0.0/26").is_none());
+        assert_eq!(ipam.check().unwrap().problems(), 0);
+    }
+}
+
+#[test]
+fn pending_affinity_left_by_calico_is_reported_not_fatal() {
+    let store = store_with(&[pool("p", "10.0.0.0/24", 26)], &["n1"]);
+    // Calico crashed between writing the pending affinity and creating the block.
+    store
+        .create(
+            "/calico/ipam/v2/host/n1/ipv4/block/10-0-0-0-26",
+            br#"{"state":"pending","deleted":false}"#,
+        )
+        .unwrap();
+    let ipam = Ipam::new(&store);
+    let got = ipam
+        .auto_assign(&AutoAssignRequest::v4("n1", "a", 1), now(), &mut rng(1))
+        .unwrap();
+    assert_eq!(got.v4.len(), 1);
+    let report = ipam.check().unwrap();
+    assert!(
+        report
+            .affinity_problems
+            .iter()
+            .all(|p| p.block.to_string() == "10.0.0.0/26"),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(allocated(&ipam).len(), 1);
+}
+
+#[test]
+fn ipam_configuration_resource_and_configure_agree() {
+    let store = store_with(&[pool("p", "10.0.0.0/24", 26)], &["n1"]);
+    let ipam = Ipam::new(&store);
+    assert_eq!(
+        ipam.configuration().unwrap(),
+        felis_ipam::IpamConfig::default()
+    );
+    // `felis apply` of an IPAMConfiguration writes the v3 resource.
+    let resource = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "IPAMConfiguration",
+        "metadata": {"name": "default"},
+        "spec": {"strictAffinity": true, "maxBlocksPerHost": 2},
+    });
+    store
+        .create(
+            &felis_ipam::resources::ipam_configuration_key(),
+            resource.to_string().as_bytes(),
+        )
+        .unwrap();
+    let config = ipam.configuration().unwrap();
+    assert!(config.strict_affinity);
+    assert_eq!(config.max_blocks_per_host, 2);
+    // `ipam configure` starts from the effective configuration and writes Calico's record.
+    let after = ipam.configure(None, Some(7)).unwrap();
+    assert!(after.strict_affinity);
+    assert_eq!(after.max_blocks_per_host, 7);
+    assert_eq!(ipam.configuration().unwrap(), after);
+    let record = store.get("/calico/ipam/v2/config").unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&record.value).unwrap(),
+        serde_json::json!({"strict_affinity": true, "auto_allocate_blocks": true, "maxBlocksPerHost": 7})
+    );
 }

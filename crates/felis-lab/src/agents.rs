@@ -161,3 +161,103 @@ pub(crate) fn is_ready(netns: &str) -> bool {
     })
     .unwrap_or(false)
 }
+
+/// The CNI network configuration the lab's runtime hands the plugin for `host`.
+pub(crate) fn cni_config(state: &State, host: &str) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "felis",
+        "nodename": host,
+        "datastore": state.datastore,
+        "mtu": 0,
+        "ipam": {"type": "felis-ipam"},
+    })
+    .to_string()
+}
+
+/// Attaches every workload as a container runtime would: makes its namespace, then runs the
+/// CNI plugin (`felis_binary` with `CNI_COMMAND=ADD`) in its host's namespace. Returns each
+/// workload's address.
+pub(crate) fn attach(
+    state: &State,
+    felis_binary: &Path,
+) -> Result<Vec<(String, std::net::IpAddr)>, Error> {
+    let dir = state_dir(&state.plan.spec.name);
+    let mut addresses = Vec::new();
+    for workload in &state.plan.workloads {
+        crate::topology::create_workload_netns(&workload.netns)?;
+        let host = state
+            .plan
+            .host(&workload.host)
+            .ok_or_else(|| Error::Invalid(format!("workload {} has no host", workload.name)))?;
+        let config = cni_config(state, &host.name);
+        let netns_path = Path::new("/run/netns").join(&workload.netns);
+        let mtu_file = dir.join(&host.name).join("mtu");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host.netns])
+            .arg(felis_binary)
+            .env("CNI_COMMAND", "ADD")
+            .env(
+                "CNI_CONTAINERID",
+                format!("{}-{}", state.plan.spec.name, workload.name),
+            )
+            .env("CNI_NETNS", &netns_path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", felis_binary.parent().unwrap_or(Path::new("/")))
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+                    workload.name
+                ),
+            )
+            .env("FELIS_MTU_FILE", &mtu_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                command: "felis (CNI ADD)".into(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(config.as_bytes())
+                .map_err(|source| Error::Spawn {
+                    command: "felis (CNI ADD)".into(),
+                    source,
+                })?;
+        }
+        let output = child.wait_with_output().map_err(|source| Error::Spawn {
+            command: "felis (CNI ADD)".into(),
+            source,
+        })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(Error::Command {
+                command: format!("CNI ADD of {}", workload.name),
+                stderr: format!(
+                    "{} {}",
+                    stdout.trim(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        let result: serde_json::Value =
+            serde_json::from_str(&stdout).map_err(|e| Error::Command {
+                command: format!("CNI ADD of {}", workload.name),
+                stderr: format!("unreadable result {stdout:?}: {e}"),
+            })?;
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Error::Command {
+                command: format!("CNI ADD of {}", workload.name),
+                stderr: format!("no address in {stdout}"),
+            })?;
+        addresses.push((workload.name.clone(), address));
+    }
+    Ok(addresses)
+}

@@ -187,6 +187,15 @@ pub fn start_agents(state: &State, felis_binary: &std::path::Path) -> Result<(),
     agents::start(state, felis_binary, std::time::Duration::from_secs(30))
 }
 
+/// Attaches every workload through the CNI plugin, as a container runtime would, and records
+/// their addresses in the lab's state.
+pub fn attach_workloads(state: &mut State, felis_binary: &std::path::Path) -> Result<(), Error> {
+    for (name, address) in agents::attach(state, felis_binary)? {
+        state.addresses.insert(name, address);
+    }
+    state.save()
+}
+
 /// Whether the agent in a host's namespace answers ready.
 pub fn agent_ready(netns: &str) -> bool {
     agents::is_ready(netns)

@@ -62,6 +62,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A tokio runtime could not be built.
+    #[error("failed to start an async runtime for {purpose}")]
+    Runtime {
+        /// What it was for.
+        purpose: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A name is not a valid interface or namespace name.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

@@ -165,25 +165,8 @@ impl Handle {
     /// The link called `name`, or `None`.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         validate_ifname(name)?;
-        let result: std::result::Result<Vec<LinkMessage>, _> = self
-            .inner
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_collect()
-            .await;
-        match result {
-            Ok(messages) => Ok(messages.into_iter().next().map(link_from_message)),
-            Err(e) => {
-                let err = request_err("get", format!("link {name}"), e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let request = self.inner.link().get().match_name(name.to_string());
+        first_link(request, || format!("link {name}")).await
     }
 
     /// The link called `name`, or [`Error::LinkNotFound`].
@@ -195,25 +178,8 @@ impl Handle {
 
     /// The link with index `index`, or `None`.
     pub async fn link_by_index(&self, index: Ifindex) -> Result<Option<Link>> {
-        let result: std::result::Result<Vec<LinkMessage>, _> = self
-            .inner
-            .link()
-            .get()
-            .match_index(index.0)
-            .execute()
-            .try_collect()
-            .await;
-        match result {
-            Ok(messages) => Ok(messages.into_iter().next().map(link_from_message)),
-            Err(e) => {
-                let err = request_err("get", format!("link #{index}"), e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let request = self.inner.link().get().match_index(index.0);
+        first_link(request, || format!("link #{index}")).await
     }
 
     /// Creates a veth pair; the peer can be created directly in another namespace.
@@ -547,14 +513,21 @@ impl Handle {
         message.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
         message.header.scope = netlink_packet_route::route::RouteScope::Universe;
         message.header.kind = netlink_packet_route::route::RouteType::Unspec;
-        let result: std::result::Result<Vec<RouteMessage>, _> =
-            self.inner.route().get(message).execute().try_collect().await;
+        let result: std::result::Result<Vec<RouteMessage>, _> = self
+            .inner
+            .route()
+            .get(message)
+            .execute()
+            .try_collect()
+            .await;
         match result {
             Ok(messages) => Ok(messages.iter().find_map(route_from_message)),
             Err(e) => {
                 let err = request_err("look up", format!("route to {addr}"), e);
-                // ENETUNREACH / EHOSTUNREACH: no route at all.
-                if matches!(err.errno(), Some(101 | 113)) || err.is_not_found() {
+                // ENETUNREACH / EHOSTUNREACH: no route at all. EINVAL: the address falls under
+                // a blackhole, unreachable or prohibit route, which forwards nothing either
+                // (e.g. the agent's blackhole for a local block, before a workload's route).
+                if matches!(err.errno(), Some(22 | 101 | 113)) || err.is_not_found() {
                     Ok(None)
                 } else {
                     Err(err)
@@ -696,6 +669,24 @@ impl Handle {
     /// Reads one sysctl inside this handle's namespace.
     pub fn read_sysctl(&self, key: &str) -> Result<String> {
         crate::sysctl::read_in(&self.netns, key)
+    }
+}
+
+/// Runs a link lookup; "no such device" is `None`.
+async fn first_link(
+    request: rtnetlink::LinkGetRequest,
+    object: impl FnOnce() -> String,
+) -> Result<Option<Link>> {
+    match request.execute().try_collect::<Vec<LinkMessage>>().await {
+        Ok(messages) => Ok(messages.into_iter().next().map(link_from_message)),
+        Err(e) => {
+            let err = request_err("get", object(), e);
+            if err.is_not_found() {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
     }
 }
 

@@ -14,6 +14,9 @@
 //!   handle.write_sysctls(..) ──spawn──▶ setns(path) ; write /proc/sys/... (per-thread view)
 //! ```
 //!
+//! The [`Netlink`] trait names the operations a reconciler uses; [`Handle`] implements it and
+//! [`RecordingNetlink`] is an in-memory fake that records every change (tests without root).
+//!
 //! The API is async. Short-lived synchronous callers (the CNI plugin) wrap a whole session in
 //! [`block_on`]; a [`Handle`] must stay on the runtime that created it.
 //!
@@ -22,6 +25,7 @@
 //! on a thread the caller owns.
 
 mod error;
+mod fake;
 mod handle;
 mod netns;
 mod probe;
@@ -30,6 +34,9 @@ mod types;
 
 pub use crate::error::Error;
 pub use crate::error::Result;
+pub use crate::fake::Call;
+pub use crate::fake::Netlink;
+pub use crate::fake::RecordingNetlink;
 pub use crate::handle::Handle;
 pub use crate::netns::NETNS_RUN_DIR;
 pub use crate::netns::Netns;
@@ -61,8 +68,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| Error::Thread {
-            netns: "runtime".to_string(),
+        .map_err(|source| Error::Runtime {
+            purpose: "block_on",
             source,
         })?;
     Ok(runtime.block_on(future))

@@ -131,7 +131,10 @@ impl Netns {
 
     /// Runs `f` on a throwaway OS thread that has entered this namespace, and returns its value.
     ///
-    /// A panic inside `f` is resumed on the caller's thread.
+    /// Sockets opened and processes spawned inside `f` stay in this namespace after it returns
+    /// (a child inherits the namespace of the thread that forked it), e.g.
+    /// `netns.run(|| Command::new("bird").args(..).spawn())`. A panic inside `f` is resumed on
+    /// the caller's thread.
     pub fn run<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce() -> T + Send,
@@ -153,28 +156,7 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    let describe = netns.describe();
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("netns-run".to_string())
-            .spawn_scoped(scope, || -> Result<T> {
-                nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                    Error::NetnsEnter {
-                        netns: describe.clone(),
-                        source: io::Error::from(errno),
-                    }
-                })?;
-                Ok(f())
-            })
-            .map_err(|source| Error::Thread {
-                netns: describe.clone(),
-                source,
-            })?;
-        match worker.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+    on_fresh_thread(&netns.describe(), CloneFlags::CLONE_NEWNET, Some(netns), f)
 }
 
 /// Runs `f` on a throwaway OS thread inside a brand-new anonymous namespace, which disappears
@@ -184,20 +166,37 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
+    on_fresh_thread("anonymous", CloneFlags::CLONE_NEWNET, None, f)
+}
+
+/// Spawns a scoped thread that enters `netns` (or unshares `flags` when `None`), runs `f` and
+/// joins; a panic in `f` is resumed on the caller.
+fn on_fresh_thread<T, F>(
+    describe: &str,
+    flags: CloneFlags,
+    netns: Option<&Netns>,
+    f: F,
+) -> Result<T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
-            .name("netns-anon".to_string())
+            .name("netns-run".to_string())
             .spawn_scoped(scope, || -> Result<T> {
-                nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                    Error::NetnsEnter {
-                        netns: "anonymous".to_string(),
-                        source: io::Error::from(errno),
-                    }
+                let entered = match netns {
+                    Some(ns) => nix::sched::setns(ns.as_fd(), flags),
+                    None => nix::sched::unshare(flags),
+                };
+                entered.map_err(|errno| Error::NetnsEnter {
+                    netns: describe.to_string(),
+                    source: io::Error::from(errno),
                 })?;
                 Ok(f())
             })
             .map_err(|source| Error::Thread {
-                netns: "anonymous".to_string(),
+                netns: describe.to_string(),
                 source,
             })?;
         match worker.join() {
@@ -258,13 +257,7 @@ fn validate_netns_name(name: &str) -> Result<()> {
     } else {
         None
     };
-    match reason {
-        Some(reason) => Err(Error::InvalidName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+    crate::types::reject_name(name, reason)
 }
 
 /// Makes `/run/netns` a shared mount, as `ip netns add` does, so namespaces pinned there

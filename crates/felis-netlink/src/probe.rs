@@ -10,15 +10,16 @@ use crate::netns::run_in_new_netns;
 ///
 /// Probes by creating one in a fresh anonymous namespace that vanishes afterwards, so nothing
 /// is ever created in a namespace that matters. `EOPNOTSUPP` means "no such kind"; any other
-/// error (e.g. a missing mandatory attribute) means the kind exists.
+/// error (e.g. a missing mandatory attribute) means the kind exists. Blocking (a few ms):
+/// call it once at start-up, not per packet or per reconcile.
 pub fn supports_link_kind(kind: &str) -> Result<bool> {
     let kind = kind.to_string();
     run_in_new_netns(move || -> Result<bool> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| Error::Thread {
-                netns: "probe".to_string(),
+            .map_err(|source| Error::Runtime {
+                purpose: "the link kind probe",
                 source,
             })?;
         runtime.block_on(async move {

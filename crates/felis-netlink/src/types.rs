@@ -357,6 +357,11 @@ pub fn validate_ifname(name: &str) -> Result<(), Error> {
     } else {
         None
     };
+    reject_name(name, reason)
+}
+
+/// `Err(InvalidName)` when a validator found a `reason`.
+pub(crate) fn reject_name(name: &str, reason: Option<&'static str>) -> Result<(), Error> {
     match reason {
         Some(reason) => Err(Error::InvalidName {
             name: name.to_string(),

@@ -446,7 +446,8 @@ fn route_lookup_returns_the_matching_table_entry() -> TestResult {
         let h = ns.handle().await?;
         let br = h.add_bridge("br-lk").await?;
         h.set_link_up(br.index).await?;
-        h.add_address(br.index, "192.0.2.1/24".parse().unwrap()).await?;
+        h.add_address(br.index, "192.0.2.1/24".parse().unwrap())
+            .await?;
         let exact = Route::new("10.65.9.9/32".parse().unwrap())
             .dev(br.index)
             .scope(RouteScope::Link)
@@ -488,6 +489,101 @@ fn dropped_handles_release_their_sockets() -> TestResult {
         // Other tests run in parallel threads and open descriptors too: allow slack, but 50
         // leaked sockets would show.
         assert!(after < before + 25, "{before} fds before, {after} after");
+        Ok::<_, felis_netlink::Error>(())
+    })??;
+    Ok(())
+}
+
+#[test]
+fn processes_and_sockets_made_inside_run_stay_in_the_namespace() -> TestResult {
+    if skip_unless_root("processes_and_sockets_made_inside_run_stay_in_the_namespace") {
+        return Ok(());
+    }
+    let ns = TestNetns::new()?;
+    ns.ip(&["link", "add", "br-proc", "type", "bridge"]);
+    let out = ns.netns().run(|| {
+        std::process::Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+    })??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("br-proc"), "{text}");
+    // A listener bound inside stays in the namespace (loopback is up in test namespaces).
+    let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr()?.port();
+    let inside = ns.run(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(inside);
+    Ok(())
+}
+
+/// Run with: cargo test -p felis-netlink --test kernel measure -- --ignored --nocapture
+#[test]
+#[ignore = "measurement: prints netlink route and handle throughput"]
+fn measure_route_throughput() -> TestResult {
+    use futures_util::StreamExt;
+    if skip_unless_root("measure_route_throughput") {
+        return Ok(());
+    }
+    let ns = TestNetns::new()?;
+    block_on(async {
+        let t = std::time::Instant::now();
+        for _ in 0..100 {
+            drop(ns.handle().await?);
+        }
+        println!(
+            "Handle::in_netns: {:.0} us each",
+            t.elapsed().as_secs_f64() * 1e4
+        );
+        let h = ns.handle().await?;
+        let br = h.add_bridge("br-perf").await?;
+        h.set_link_up(br.index).await?;
+        h.add_address(br.index, "192.0.2.1/24".parse().unwrap())
+            .await?;
+        let route = |n: u32| {
+            let dst = format!(
+                "10.{}.{}.{}/26",
+                100 + n / 1024,
+                (n / 4) % 256,
+                (n % 4) * 64
+            );
+            Route::new(dst.parse().unwrap())
+                .via(ip("192.0.2.2"))
+                .dev(br.index)
+                .protocol(RouteProtocol::FELIX)
+        };
+        let n = 10_000u32;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            h.replace_route(&route(i)).await?;
+        }
+        let seq = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let results: Vec<_> = futures_util::stream::iter(n..2 * n)
+            .map(|i| {
+                let h = h.clone();
+                async move { h.replace_route(&route(i)).await }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let pipelined = t.elapsed().as_secs_f64();
+        assert!(results.iter().all(Result::is_ok));
+        let t = std::time::Instant::now();
+        let listed = h
+            .routes(RouteFilter {
+                protocol: Some(RouteProtocol::FELIX),
+                ..RouteFilter::default()
+            })
+            .await?;
+        let dump = t.elapsed().as_secs_f64();
+        assert_eq!(listed.len(), 2 * n as usize);
+        println!(
+            "replace_route x{n}: sequential {:.0}/s, 64 in flight {:.0}/s; dump of {} routes {:.0} ms",
+            f64::from(n) / seq,
+            f64::from(n) / pipelined,
+            listed.len(),
+            dump * 1e3
+        );
         Ok::<_, felis_netlink::Error>(())
     })??;
     Ok(())

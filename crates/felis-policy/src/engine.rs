@@ -12,6 +12,7 @@
 //!              └─ no tier, or the last one passed: profiles in order; none allowed ⇒ deny
 //! ```
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -183,8 +184,10 @@ impl PolicySet {
             (Some(ns), _) => endpoint.namespace.as_deref() == Some(ns.as_str()),
             (None, None) => true,
             (None, Some(selector)) if selector.is_global() => endpoint.namespace.is_none(),
+            // "Restricts GNP to namespaces": host endpoints are in none.
             (None, Some(selector)) => {
-                selector.matches(&self.namespace_labels(endpoint.namespace.as_deref()))
+                endpoint.namespace.is_some()
+                    && selector.matches(&self.namespace_labels(endpoint.namespace.as_deref()))
             }
         };
         in_namespace
@@ -221,9 +224,7 @@ impl PolicySet {
             .into_iter()
             .map(|(name, mut policies)| {
                 policies.sort_by(|a, b| {
-                    order_cmp(a.order, b.order)
-                        .then_with(|| a.name.cmp(&b.name))
-                        .then_with(|| a.namespace.cmp(&b.namespace))
+                    order_cmp(a.order, b.order).then_with(|| policy_key(a).cmp(&policy_key(b)))
                 });
                 AppliedTier {
                     tier: self.tier(name),
@@ -320,7 +321,16 @@ fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
     }
 }
 
-fn endpoint_key(endpoint: &Endpoint) -> String {
+/// The name Felix sorts policies by on equal order: `<namespace>/<name>` for a
+/// NetworkPolicy, `<name>` for a GlobalNetworkPolicy.
+pub(crate) fn policy_key(policy: &Policy) -> Cow<'_, str> {
+    match &policy.namespace {
+        Some(ns) => Cow::Owned(format!("{ns}/{}", policy.name)),
+        None => Cow::Borrowed(&policy.name),
+    }
+}
+
+pub(crate) fn endpoint_key(endpoint: &Endpoint) -> String {
     match &endpoint.namespace {
         Some(ns) => format!("{ns}/{}", endpoint.name),
         None => endpoint.name.clone(),

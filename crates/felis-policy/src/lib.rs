@@ -8,13 +8,64 @@
 //! [`PolicySet::verdict`] is what `felis policy trace` prints; [`PolicySet::applicable_tiers`]
 //! is what the rule compiler walks.
 //!
+//! [`PolicySet::resolve_entity`] turns a rule's selectors and named ports into the IP sets a
+//! dataplane compiler programs; the verdict engine asks the same predicates about one address.
+//! [`PolicySet::compile`] builds a host's whole [`Program`] (tiers, policy and profile chains,
+//! IP sets), and [`Program::verdict`] interprets it: the reference a renderer must agree with.
+//!
+//! ```
+//! use felis_policy::k8s::NetworkPolicy;
+//! use felis_policy::{Endpoint, Packet, PolicySet, Profile, Verdict};
+//!
+//! let mut set = PolicySet::new();
+//! set.add_profile(Profile::allow_all("kns.prod"));
+//! let pod = |name: &str, app: &str, ip: &str| Endpoint {
+//!     name: name.to_string(),
+//!     namespace: Some("prod".to_string()),
+//!     labels: [("app".to_string(), app.to_string())].into(),
+//!     ips: vec![ip.parse().unwrap()],
+//!     profiles: vec!["kns.prod".to_string()],
+//!     orchestrator: Some("k8s".to_string()),
+//!     ..Endpoint::default()
+//! };
+//! set.add_endpoint(pod("web", "web", "10.0.0.1/32")).add_endpoint(pod("db", "db", "10.0.0.2/32"));
+//! let np: NetworkPolicy = serde_json::from_str(r#"{
+//!     "metadata": {"name": "db", "namespace": "prod"},
+//!     "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+//!              "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+//!                           "ports": [{"port": 5432}]}]}
+//! }"#).unwrap();
+//! set.add_policy(np.to_policy().unwrap());
+//!
+//! let (web, db) = (&set.endpoints[0], &set.endpoints[1]);
+//! let packet = Packet::tcp("10.0.0.1".parse().unwrap(), 40000, "10.0.0.2".parse().unwrap(), 5432);
+//! assert_eq!(set.verdict(&packet, Some(web), Some(db)).verdict, Verdict::Allow);
+//! let packet = Packet::tcp("10.0.0.1".parse().unwrap(), 40000, "10.0.0.2".parse().unwrap(), 22);
+//! let trace = set.verdict(&packet, Some(web), Some(db));
+//! assert_eq!(trace.verdict, Verdict::Deny); // end of tier `default`
+//! println!("{trace}");
+//! ```
+//!
+//! Semantics, where the reference leaves room:
+//! - Selectors see an endpoint's own labels, then `projectcalico.org/namespace`,
+//!   `/orchestrator` and `/serviceaccount`, then its profiles' `labelsToApply` (in order).
+//! - A rule `namespaceSelector` other than `global()` ranges over namespaced objects only; a GNP
+//!   `namespaceSelector` likewise selects only namespaced endpoints.
+//! - `notSelector` is scoped like `selector` (NP: the policy's namespace).
+//! - Kubernetes pod peers carry Calico's `projectcalico.org/orchestrator == 'k8s'` term, so they
+//!   never match network sets or host endpoints.
+//! - Equal-order policies sort by `<namespace>/<name>` (GNPs by `<name>`), as Felix does.
+//! - A Pass rule in a profile ends that profile; the next profile is tried.
+//!
 //! Pure logic in the middle layer: no I/O, no clock, no dataplane. It does not model
-//! untracked/pre-DNAT/applyOnForward policy, failsafe ports or endpoint-to-host defaults.
+//! untracked/pre-DNAT/applyOnForward policy, staged policies, failsafe ports, `services`
+//! matches, HTTP matches or the endpoint-to-host/host-to-endpoint defaults.
 
 pub mod engine;
 pub mod error;
 pub mod k8s;
 pub mod model;
+pub mod program;
 mod resolve;
 pub mod trace;
 
@@ -40,6 +91,7 @@ pub use model::ServiceAccount;
 pub use model::ServiceAccountMatch;
 pub use model::Tier;
 pub use model::TierDefaultAction;
+pub use program::Program;
 pub use resolve::NamedPortMember;
 pub use resolve::ResolvedEntity;
 pub use trace::Decision;

@@ -96,10 +96,10 @@ pub struct Policy {
     #[serde(default)]
     pub selector: Selector,
     /// GNP only: restricts the policy to endpoints in matching namespaces.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_selector")]
     pub namespace_selector: Option<Selector>,
     /// Restricts the policy to endpoints whose service account matches.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_selector")]
     pub service_account_selector: Option<Selector>,
     /// Directions the policy applies in; empty means defaulted from the rules present.
     #[serde(default)]
@@ -110,6 +110,20 @@ pub struct Policy {
     /// Egress rules, in order.
     #[serde(default)]
     pub egress: Vec<Rule>,
+}
+
+/// An optional selector where `""`, as Calico writes an unset selector, means unset (and not
+/// `all()`, which is what an empty selector means where one is required).
+fn optional_selector<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Selector>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(source) if source.trim().is_empty() => Ok(None),
+        Some(source) => Selector::parse(&source)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 fn default_tier() -> String {
@@ -134,7 +148,7 @@ impl Policy {
     }
 
     /// Whether the policy applies in `direction`: its `types`, or when empty the reference
-    /// §3.9 default ([Ingress] unless only egress rules are present; both if both are).
+    /// §3.9 default (`[Ingress]` unless only egress rules are present; both if both are).
     pub fn applies_in(&self, direction: Direction) -> bool {
         if !self.types.is_empty() {
             return self.types.contains(&direction);
@@ -231,6 +245,29 @@ impl Profile {
         }
     }
 
+    /// Calico's KDD namespace profile `kns.<ns>`: allow-all both ways, with the namespace's
+    /// labels (and `projectcalico.org/name`) inherited as `pcns.<key>`.
+    pub fn for_namespace(namespace: &Namespace) -> Profile {
+        let mut profile = Profile::allow_all(format!("kns.{}", namespace.name));
+        profile.labels_to_apply = prefixed_labels("pcns.", &namespace.name, &namespace.labels);
+        profile
+    }
+
+    /// Calico's KDD service-account profile `ksa.<ns>.<sa>`: no rules, the service account's
+    /// labels (and `projectcalico.org/name`) inherited as `pcsa.<key>`.
+    pub fn for_service_account(service_account: &ServiceAccount) -> Profile {
+        Profile {
+            name: format!("ksa.{}.{}", service_account.namespace, service_account.name),
+            ingress: Vec::new(),
+            egress: Vec::new(),
+            labels_to_apply: prefixed_labels(
+                "pcsa.",
+                &service_account.name,
+                &service_account.labels,
+            ),
+        }
+    }
+
     /// The rules for `direction`.
     pub fn rules(&self, direction: Direction) -> &[Rule] {
         match direction {
@@ -238,6 +275,19 @@ impl Profile {
             Direction::Egress => &self.egress,
         }
     }
+}
+
+fn prefixed_labels(
+    prefix: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+        .collect();
+    out.insert(format!("{prefix}{LABEL_NAME}"), name.to_string());
+    out
 }
 
 /// A NetworkSet (namespaced) or GlobalNetworkSet (`namespace: None`).
@@ -591,7 +641,7 @@ pub struct ServiceAccountMatch {
     #[serde(default)]
     pub names: Vec<String>,
     /// Selector over the service account's labels.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_selector")]
     pub selector: Option<Selector>,
 }
 
@@ -606,13 +656,13 @@ pub struct EntityRule {
     #[serde(default)]
     pub not_nets: Vec<IpNet>,
     /// The address must belong to a known endpoint or network set (in scope) that matches.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_selector")]
     pub selector: Option<Selector>,
     /// The address must not belong to a known endpoint or network set (in scope) that matches.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_selector")]
     pub not_selector: Option<Selector>,
     /// Namespaces `selector`/`notSelector` resolve in (`global()`: non-namespaced objects).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_selector")]
     pub namespace_selector: Option<Selector>,
     /// The port must be one of these.
     #[serde(default)]
@@ -790,6 +840,41 @@ mod tests {
     }
 
     #[test]
+    fn kdd_profiles_carry_prefixed_labels() {
+        let ns = Namespace {
+            name: "prod".to_string(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+        };
+        let kns = Profile::for_namespace(&ns);
+        assert_eq!(kns.name, "kns.prod");
+        assert_eq!(kns.ingress, vec![Rule::new(Action::Allow)]);
+        assert_eq!(kns.egress, vec![Rule::new(Action::Allow)]);
+        assert_eq!(
+            kns.labels_to_apply.get("pcns.env").map(String::as_str),
+            Some("prod")
+        );
+        assert_eq!(
+            kns.labels_to_apply
+                .get("pcns.projectcalico.org/name")
+                .map(String::as_str),
+            Some("prod")
+        );
+        let sa = ServiceAccount {
+            name: "db".to_string(),
+            namespace: "prod".to_string(),
+            labels: [("role".to_string(), "database".to_string())].into(),
+        };
+        let ksa = Profile::for_service_account(&sa);
+        assert_eq!(ksa.name, "ksa.prod.db");
+        assert!(ksa.ingress.is_empty() && ksa.egress.is_empty());
+        assert_eq!(ksa.labels_to_apply.len(), 2);
+        assert_eq!(
+            ksa.labels_to_apply.get("pcsa.role").map(String::as_str),
+            Some("database")
+        );
+    }
+
+    #[test]
     fn policy_types_default_from_rules() {
         let mut p = Policy::new("p", None);
         assert!(p.applies_in(Direction::Ingress) && !p.applies_in(Direction::Egress));
@@ -808,7 +893,7 @@ mod tests {
             "types": ["Ingress"],
             "ingress": [{"action": "Allow", "protocol": "TCP", "ipVersion": 4,
                          "notICMP": {"type": 8, "code": 0},
-                         "source": {"nets": ["10.0.0.0/8"], "namespaceSelector": "global()"},
+                         "source": {"nets": ["10.0.0.0/8"], "namespaceSelector": "global()", "selector": ""},
                          "destination": {"ports": [80, "http"], "notPorts": ["1:2"]}}]
         }"#;
         let policy: Policy = serde_json::from_str(json).unwrap();
@@ -824,6 +909,7 @@ mod tests {
             })
         );
         assert!(rule.source.namespace_selector.as_ref().unwrap().is_global());
+        assert!(rule.source.selector.is_none(), "\"\" is an unset selector");
         let back: Policy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
         assert_eq!(back, policy);
         assert!(serde_json::from_str::<IpVersion>("5").is_err());

@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use felis_api::selector::Labels;
 use felis_api::selector::Selector;
 use ipnet::IpNet;
+use serde::Deserialize;
+use serde::Serialize;
 
 use crate::engine::PolicySet;
 use crate::model::Endpoint;
@@ -33,7 +35,7 @@ pub struct ResolvedEntity {
 }
 
 /// One `address:protocol:port` member of a named-port set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NamedPortMember {
     /// The endpoint address.
     pub net: IpNet,
@@ -110,8 +112,8 @@ enum Scope<'a> {
     Everything,
     /// Objects in this namespace (NP without `namespaceSelector`).
     SameNamespace(&'a str),
-    /// Objects whose namespace's labels match; a non-namespaced object has no labels, as in
-    /// Calico, where the selector is matched against inherited `pcns.*` labels.
+    /// Namespaced objects whose namespace's labels match. Non-namespaced objects are in no
+    /// namespace, so only `global()` reaches them (the reference §3 "Scoping").
     Namespaces(&'a Selector),
     /// Non-namespaced objects only (`namespaceSelector: global()`).
     NonNamespaced,
@@ -155,7 +157,9 @@ impl<'a> EntityScope<'a> {
         match &self.scope {
             Scope::Everything => true,
             Scope::SameNamespace(ns) => namespace == Some(*ns),
-            Scope::Namespaces(selector) => selector.matches(&self.set.namespace_labels(namespace)),
+            Scope::Namespaces(selector) => {
+                namespace.is_some() && selector.matches(&self.set.namespace_labels(namespace))
+            }
             Scope::NonNamespaced => namespace.is_none(),
         }
     }

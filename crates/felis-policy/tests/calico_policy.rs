@@ -446,6 +446,80 @@ fn tables() -> Vec<Table> {
             ],
         },
         Table {
+            name: "GNP namespaceSelector global() applies to host endpoints only",
+            tiers: vec![],
+            policies: vec![
+                json!({"name": "hosts-only", "namespaceSelector": "global()", "ingress": [
+                    {"action": "Allow", "protocol": "TCP", "destination": {"ports": [22]}},
+                ]}),
+            ],
+            cases: vec![
+                case("203.0.113.5", "host1", "tcp", 22, true),
+                case("203.0.113.5", "host1", "tcp", 23, false),
+                case("203.0.113.5", "prod/web", "tcp", 23, true),
+            ],
+        },
+        Table {
+            name: "serviceAccounts selector in a global rule, with namespaceSelector",
+            tiers: vec![],
+            policies: vec![
+                json!({"name": "db-clients", "selector": "app == 'db'", "ingress": [
+                    {"action": "Allow", "source": {
+                        "namespaceSelector": "env == 'prod'",
+                        "serviceAccounts": {"selector": "role == 'database'"},
+                    }},
+                ]}),
+            ],
+            cases: vec![
+                // Only prod/db runs as an SA labelled role=database.
+                case("prod/db", "dev/db", "tcp", 5432, true),
+                case("prod/web", "dev/db", "tcp", 5432, false),
+                case("172.16.0.1", "dev/db", "tcp", 5432, false),
+            ],
+        },
+        Table {
+            name: "GNP rule selector with namespaceSelector: AND of both",
+            tiers: vec![],
+            policies: vec![
+                json!({"name": "web-in-prod", "selector": "app == 'db'", "ingress": [
+                    {"action": "Allow", "source": {"namespaceSelector": "env == 'prod'", "selector": "app == 'web'"}},
+                ]}),
+            ],
+            cases: vec![
+                case("prod/web", "dev/db", "tcp", 1, true),
+                case("dev/web", "dev/db", "tcp", 1, false),
+                case("prod/db", "dev/db", "tcp", 1, false),
+            ],
+        },
+        Table {
+            name: "ICMPv6 and UDPLite by name",
+            tiers: vec![],
+            policies: vec![json!({"name": "v6", "selector": "has(node)", "ingress": [
+                {"action": "Allow", "protocol": "ICMPv6", "icmp": {"type": 128}},
+                {"action": "Allow", "protocol": "UDPLite", "destination": {"ports": [5000]}},
+            ]})],
+            cases: vec![
+                case("203.0.113.5", "host1", "icmp:8:0", 0, false),
+                case("203.0.113.5", "host1", "136", 5000, true),
+                case("203.0.113.5", "host1", "udp", 5000, false),
+            ],
+        },
+        Table {
+            name: "deny in an earlier policy of the same tier wins; Log does not stop it",
+            tiers: vec![],
+            policies: vec![
+                json!({"name": "a", "order": 1, "selector": "app == 'web'", "ingress": [
+                    {"action": "Log", "source": {"nets": ["0.0.0.0/0"]}},
+                    {"action": "Deny", "source": {"notNets": ["10.0.0.0/8"]}},
+                ]}),
+                json!({"name": "b", "order": 2, "selector": "app == 'web'", "ingress": [{"action": "Allow"}]}),
+            ],
+            cases: vec![
+                case("8.8.8.8", "prod/web", "tcp", 80, false),
+                case("dev/db", "prod/web", "tcp", 80, true),
+            ],
+        },
+        Table {
             name: "types defaulting: egress-only rules make an egress-only policy",
             tiers: vec![],
             policies: vec![
@@ -705,4 +779,56 @@ fn ipv6_packets_match_v6_network_sets() {
             .verdict,
         Verdict::Allow
     );
+}
+
+#[test]
+fn trace_displays_one_line_per_side() {
+    let set = with(
+        &[tier("security", Some(100.0), TierDefaultAction::Deny)],
+        &[
+            json!({"name": "security.log-pass", "tier": "security", "ingress": [{"action": "Log"}, {"action": "Pass"}]}),
+        ],
+    );
+    let t = trace(&set, "dev/web", "prod/db", "tcp", 5432);
+    assert_eq!(
+        t.to_string(),
+        "egress  dev/web: allow (Allow by profile kns.dev rule 0); no policy applies\n\
+         ingress prod/db: allow (Allow by profile kns.prod rule 0); tiers security; \
+         log at tier security policy security.log-pass rule 0; \
+         pass at tier security policy security.log-pass rule 1\n\
+         verdict allow"
+    );
+    let t = trace(&set, "8.8.8.8", "203.0.113.5", "udp", 53);
+    assert!(
+        t.to_string()
+            .starts_with("egress  (source outside the cluster)\n")
+    );
+}
+
+#[test]
+fn equal_order_ties_break_on_namespace_slash_name() {
+    // "prod/a-allow" sorts after "b-deny" (GNP), so the GNP decides first.
+    let set = with(
+        &[],
+        &[
+            json!({"name": "a-allow", "namespace": "prod", "order": 10, "ingress": [{"action": "Allow"}]}),
+            json!({"name": "b-deny", "order": 10, "ingress": [{"action": "Deny"}]}),
+            json!({"name": "q-allow", "order": 10, "ingress": [{"action": "Allow"}]}),
+        ],
+    );
+    let t = trace(&set, "dev/web", "prod/db", "tcp", 1);
+    assert_eq!(
+        t.ingress.unwrap().decided_by,
+        Decision::Rule {
+            rule: policy_rule("default", None, "b-deny", 0),
+            action: Action::Deny
+        }
+    );
+    let db = common::endpoint(&set, "prod/db");
+    let order: Vec<String> = set.applicable_tiers(db, Direction::Ingress)[0]
+        .policies
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(order, vec!["b-deny", "a-allow", "q-allow"]);
 }

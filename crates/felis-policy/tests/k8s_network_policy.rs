@@ -405,6 +405,68 @@ fn tables() -> Vec<Table> {
             ],
         },
         Table {
+            name: "IPv6 ipBlock does not open IPv4",
+            policies: vec![np(
+                "v6-only",
+                "prod",
+                json!({
+                    "podSelector": {"matchLabels": {"app": "web"}},
+                    "ingress": [{"from": [{"ipBlock": {"cidr": "::/0"}}]}],
+                }),
+            )],
+            cases: vec![
+                case("8.8.8.8", "prod/web", "tcp", 80, false),
+                case("dev/db", "prod/web", "tcp", 80, false),
+            ],
+        },
+        Table {
+            name: "namespaceSelector DoesNotExist",
+            policies: vec![np(
+                "not-env",
+                "prod",
+                json!({
+                    "podSelector": {},
+                    "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]}}]}],
+                }),
+            )],
+            cases: vec![
+                case("monitoring/prom", "prod/db", "tcp", 1, true),
+                case("dev/web", "prod/db", "tcp", 1, false),
+                case("prod/web", "prod/db", "tcp", 1, false),
+            ],
+        },
+        Table {
+            name: "several ports and protocols in one rule",
+            policies: vec![np(
+                "mixed",
+                "prod",
+                json!({
+                    "podSelector": {"matchLabels": {"app": "db"}},
+                    "ingress": [{
+                        "from": [{"namespaceSelector": {"matchLabels": {"env": "dev"}}}],
+                        "ports": [{"port": 5432}, {"protocol": "UDP", "port": 53}, {"port": 6000, "endPort": 6002}],
+                    }],
+                }),
+            )],
+            cases: vec![
+                case("dev/web", "prod/db", "tcp", 5432, true),
+                case("dev/web", "prod/db", "tcp", 6001, true),
+                case("dev/web", "prod/db", "udp", 53, true),
+                case("dev/web", "prod/db", "udp", 5432, false),
+                case("dev/web", "prod/db", "tcp", 53, false),
+                case("monitoring/prom", "prod/db", "tcp", 5432, false),
+            ],
+        },
+        Table {
+            name: "a policy selecting no pods changes nothing",
+            policies: vec![np(
+                "nobody",
+                "prod",
+                json!({"podSelector": {"matchLabels": {"app": "nothing"}}}),
+            )],
+            cases: vec![case("dev/web", "prod/db", "tcp", 5432, true)],
+        },
+        Table {
             name: "sctp port",
             policies: vec![np(
                 "sctp",

@@ -242,3 +242,23 @@ proptest! {
         prop_assert_eq!(evaluated, matches_resolved(&entity, &resolved, ip, port, Protocol::TCP), "{:?}", resolved);
     }
 }
+
+#[test]
+fn namespace_selectors_never_reach_non_namespaced_objects() {
+    let set = cluster();
+    for source in ["all()", "!has(env)"] {
+        let e = EntityRule {
+            namespace_selector: Some(Selector::parse(source).unwrap()),
+            ..EntityRule::default()
+        };
+        let selected = set.resolve_entity(&e, None).selected.unwrap();
+        assert!(
+            !selected.contains(&"192.168.0.10/32".parse().unwrap()),
+            "{source}"
+        );
+        assert!(
+            !selected.contains(&"198.51.100.0/24".parse().unwrap()),
+            "{source}"
+        );
+    }
+}

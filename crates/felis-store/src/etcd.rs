@@ -332,7 +332,12 @@ fn is_connect_error(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
         etcd_client::Error::GRpcStatus(status) => {
-            status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+            // Only failures to open a connection: "connection reset" and the like may come
+            // after the request was sent, and retrying a write then could apply it twice.
+            let message = status.message();
+            status.code() == tonic::Code::Unavailable
+                && (message.contains("tcp connect error")
+                    || message.contains("error trying to connect"))
         }
         _ => false,
     }
@@ -659,5 +664,53 @@ async fn pump_watch(
             () = tokio::time::sleep(retry) => {}
         }
         retry = (retry * 2).min(WATCH_RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn only_failures_to_connect_move_to_the_next_endpoint() {
+        assert!(is_connect_error(&status(
+            tonic::Code::Unavailable,
+            "tcp connect error"
+        )));
+        assert!(!is_connect_error(&status(
+            tonic::Code::Unavailable,
+            "connection reset by peer"
+        )));
+        assert!(!is_connect_error(&status(
+            tonic::Code::FailedPrecondition,
+            "tcp connect error"
+        )));
+    }
+
+    #[test]
+    fn recognises_etcd_compaction_errors() {
+        let compacted = "etcdserver: mvcc: required revision has been compacted";
+        assert!(is_compacted(&status(tonic::Code::OutOfRange, compacted)));
+        assert!(!is_compacted(&status(
+            tonic::Code::OutOfRange,
+            "mvcc: required revision is a future revision"
+        )));
+    }
+
+    #[test]
+    fn key_ranges_cover_exactly_the_prefix() {
+        assert_eq!(key_range("/a/"), (b"/a/".to_vec(), b"/a0".to_vec()));
+        assert_eq!(key_range(""), (vec![0], vec![0]));
+    }
+
+    #[test]
+    fn cas_on_a_positive_revision_needs_one_compare() {
+        assert_eq!(exists_at(b"/k", Some(Revision(5))).len(), 1);
+        assert_eq!(exists_at(b"/k", None).len(), 1);
+        assert_eq!(exists_at(b"/k", Some(Revision(0))).len(), 2);
     }
 }

@@ -29,14 +29,17 @@
 //! - compacting to a revision at or below the current compaction point does nothing; to a
 //!   revision above the store's current revision is an error.
 //!
-//! Layer: an adapter with no Felis dependencies; `rusqlite` lives only in `sqlite.rs`, `etcd-client` and its tokio runtime only in `etcd.rs`. With the `testing` feature,
-//! [`testing`] offers a throw-away etcd server for tests of this crate and the crates above.
+//! Layer: an adapter with no Felis dependencies. `rusqlite` lives only in `sqlite.rs`,
+//! `etcd-client` and its tokio runtime only in `etcd.rs`. [`memory::MemoryStore`] is an
+//! in-process fake for unit tests of the crates above (it records commits and can inject
+//! failures). With the `testing` feature, `testing::EtcdServer` runs a throw-away etcd.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod etcd;
+pub mod memory;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;

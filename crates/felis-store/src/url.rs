@@ -136,7 +136,8 @@ fn parse_endpoint(endpoint: &str) -> Result<String, String> {
 
 /// Chooses the datastore URL: `flag` (e.g. `--datastore`), else `FELIS_DATASTORE`, else Calico's
 /// `DATASTORE_TYPE=etcdv3` with `ETCD_ENDPOINTS` (`http://h:p,http://h:p` becomes
-/// `etcd://h:p,h:p`), else [`DEFAULT_URL`]. The result is checked by [`crate::open`].
+/// `etcd://h:p,h:p`; `ETCD_ENDPOINTS` alone also selects etcd, calicoctl's default type), else
+/// [`DEFAULT_URL`]. Other `DATASTORE_TYPE`s come back as-is, for [`crate::open`] to reject.
 pub fn url_from_env(flag: Option<&str>) -> String {
     url_from_lookup(flag, |name| std::env::var(name).ok())
 }
@@ -160,7 +161,11 @@ pub fn url_from_lookup(flag: Option<&str>, env: impl Fn(&str) -> Option<String>)
         // Anything else Calico knows (`kubernetes`) is passed through so that `open` rejects
         // it by name instead of silently using the embedded store.
         Some(other) => other.to_string(),
-        None => DEFAULT_URL.to_string(),
+        // calicoctl's default datastore type is etcdv3: endpoints alone select etcd.
+        None => match non_empty(env("ETCD_ENDPOINTS")) {
+            Some(endpoints) => calico_endpoints_to_url(&endpoints),
+            None => DEFAULT_URL.to_string(),
+        },
     }
 }
 
@@ -258,6 +263,12 @@ mod tests {
         let url = url_from_lookup(None, env(&[("DATASTORE_TYPE", "kubernetes")]));
         let err = DatastoreUrl::parse(&url).unwrap_err();
         assert!(err.to_string().contains("Kubernetes"), "{err}");
+    }
+
+    #[test]
+    fn etcd_endpoints_alone_select_etcd_like_calicoctl() {
+        let e = env(&[("ETCD_ENDPOINTS", "http://10.0.0.9:2379")]);
+        assert_eq!(url_from_lookup(None, e), "etcd://10.0.0.9:2379");
     }
 
     #[test]

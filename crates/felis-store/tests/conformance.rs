@@ -12,39 +12,67 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use felis_store::memory::MemoryStore;
 use felis_store::testing::EtcdServer;
 use felis_store::{Datastore, Error, KeyValue, Revision, TxnOp, Watch, WatchEvent};
 
 /// A backend under test that can be restarted in place.
 trait Fixture {
     /// The URL a second process uses to reach the same store.
-    fn url(&self) -> String;
+    fn url(&self) -> Option<String>;
     /// Stops the store and starts it again on the same data; returns a fresh handle.
     fn restart(&mut self) -> Arc<dyn Datastore>;
     /// Opens a new handle on the store.
     fn open(&self) -> Arc<dyn Datastore> {
-        felis_store::open(&self.url()).unwrap_or_else(|e| panic!("opening {}: {e:?}", self.url()))
+        let url = self.url().expect("a fixture without a URL overrides open");
+        felis_store::open(&url).unwrap_or_else(|e| panic!("opening {url}: {e:?}"))
     }
 }
 
 struct SqliteFixture {
     dir: tempfile::TempDir,
+    options: &'static str,
 }
 
 impl SqliteFixture {
     fn new() -> Self {
+        Self::with_options("")
+    }
+    fn with_options(options: &'static str) -> Self {
         Self {
             dir: tempfile::Builder::new()
                 .prefix("felis-store-test-")
                 .tempdir()
                 .unwrap(),
+            options,
         }
     }
 }
 
 impl Fixture for SqliteFixture {
-    fn url(&self) -> String {
-        format!("file://{}/sub/dir/felis.db", self.dir.path().display())
+    fn url(&self) -> Option<String> {
+        Some(format!(
+            "file://{}/sub/dir/felis.db{}",
+            self.dir.path().display(),
+            self.options
+        ))
+    }
+    fn restart(&mut self) -> Arc<dyn Datastore> {
+        self.open()
+    }
+}
+
+#[derive(Default)]
+struct MemoryFixture {
+    store: MemoryStore,
+}
+
+impl Fixture for MemoryFixture {
+    fn url(&self) -> Option<String> {
+        None
+    }
+    fn open(&self) -> Arc<dyn Datastore> {
+        Arc::new(self.store.clone())
     }
     fn restart(&mut self) -> Arc<dyn Datastore> {
         self.open()
@@ -65,8 +93,8 @@ impl EtcdFixture {
 }
 
 impl Fixture for EtcdFixture {
-    fn url(&self) -> String {
-        self.server.url()
+    fn url(&self) -> Option<String> {
+        Some(self.server.url())
     }
     fn restart(&mut self) -> Arc<dyn Datastore> {
         self.server
@@ -808,6 +836,9 @@ impl Drop for Children {
 }
 
 fn concurrent_writers_in_processes(f: &mut dyn Fixture) {
+    let Some(url) = f.url() else {
+        return; // an in-process store cannot be shared with other processes
+    };
     let store = f.open();
     store.create(COUNTER, b"0").unwrap();
     let start = store.revision().unwrap();
@@ -822,7 +853,7 @@ fn concurrent_writers_in_processes(f: &mut dyn Fixture) {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env("FELIS_STORE_CHILD_URL", f.url())
+            .env("FELIS_STORE_CHILD_URL", &url)
             .env("FELIS_STORE_CHILD_TIMES", times.to_string())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -896,6 +927,9 @@ fn child_endless_writer() {
 }
 
 fn killed_writers_leave_the_store_consistent(f: &mut dyn Fixture) {
+    let Some(url) = f.url() else {
+        return; // an in-process store cannot be shared with other processes
+    };
     let store = f.open();
     let start = Revision(store.revision().unwrap().0 + 1);
     let exe = std::env::current_exe().unwrap();
@@ -908,7 +942,7 @@ fn killed_writers_leave_the_store_consistent(f: &mut dyn Fixture) {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env("FELIS_STORE_CHILD_ENDLESS_URL", f.url())
+            .env("FELIS_STORE_CHILD_ENDLESS_URL", &url)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -951,14 +985,14 @@ fn killed_writers_leave_the_store_consistent(f: &mut dyn Fixture) {
 }
 
 fn usable_inside_a_tokio_runtime(f: &mut dyn Fixture) {
-    let url = f.url();
+    let fixture: &dyn Fixture = f;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
         // Open, use and drop the store from inside an async task: must not panic.
-        let store = felis_store::open(&url).unwrap();
+        let store = fixture.open();
         let rev = store.create("/rt/a", b"1").unwrap();
         let mut watch = store.watch("/rt/", rev).unwrap();
         assert_eq!(put_event(&take(watch.as_mut(), 1)[0]).mod_revision, rev);
@@ -975,9 +1009,8 @@ fn usable_inside_a_tokio_runtime(f: &mut dyn Fixture) {
         .enable_all()
         .build()
         .unwrap();
-    let url = f.url();
     mt.block_on(async move {
-        let store = felis_store::open(&url).unwrap();
+        let store = fixture.open();
         let handle = tokio::spawn(async move {
             store.update("/rt/a", b"2", None).unwrap();
             store.list("/rt/").unwrap()
@@ -1112,6 +1145,7 @@ macro_rules! conformance {
 }
 
 conformance!(sqlite, SqliteFixture::new());
+conformance!(memory, MemoryFixture::default());
 conformance!(
     sqlite_sync_normal,
     SqliteFixture::with_options("?sync=normal")
@@ -1180,4 +1214,49 @@ fn sqlite_file_is_shared_between_handles() {
     let rev2 = a.update("/shared", b"2", Some(rev)).unwrap();
     let events = take(watch.as_mut(), 2);
     assert_eq!(put_event(&events[1]).mod_revision, rev2);
+}
+
+/// Not a test on its own: each process of `sqlite_fresh_file_opened_by_many_processes_at_once`.
+#[test]
+fn child_open_and_create() {
+    let Ok(url) = std::env::var("FELIS_STORE_CHILD_OPEN_URL") else {
+        return;
+    };
+    let store = felis_store::open(&url).unwrap();
+    store
+        .create(&format!("/proc/{}", std::process::id()), b"here")
+        .unwrap();
+}
+
+#[test]
+fn sqlite_fresh_file_opened_by_many_processes_at_once() {
+    let fixture = SqliteFixture::new();
+    let url = fixture.url().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut children = Children(Vec::new());
+    for _ in 0..6 {
+        let child = Command::new(&exe)
+            .args([
+                "--exact",
+                "child_open_and_create",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("FELIS_STORE_CHILD_OPEN_URL", &url)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        children.0.push(child);
+    }
+    for child in &mut children.0 {
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "a process failed to open or write: {status}"
+        );
+    }
+    let store = fixture.open();
+    let listing = store.list("/proc/").unwrap();
+    assert_eq!(listing.items.len(), 6);
+    assert_eq!(listing.revision, Revision(7));
 }

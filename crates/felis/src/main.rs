@@ -323,6 +323,19 @@ struct OptionalFiles {
 }
 
 fn main() -> ExitCode {
+    // Invoked as an IPAM plugin (a link named felis-ipam or calico-ipam), or by a container
+    // runtime as the CNI plugin (CNI_COMMAND set): speak CNI, not the CLI.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let invoked_as = Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("felis");
+    if matches!(invoked_as, "felis-ipam" | "calico-ipam") {
+        return exit_code(felis::cni::run_ipam_plugin());
+    }
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return exit_code(felis::cni::run_plugin());
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -331,6 +344,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -671,13 +688,16 @@ fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 pool_mode: felis_lab::PoolMode::parse(&pool_mode)?,
                 src_dst_check: src_dst_check == "on",
             };
-            let state = felis_lab::create(spec)?;
+            let mut state = felis_lab::create(spec)?;
             let felis = std::env::current_exe().context("finding the felis binary")?;
-            if let Err(e) = felis_lab::start_agents(&state, &felis) {
+            let started = felis_lab::start_agents(&state, &felis)
+                .context("starting the agents")
+                .and_then(|()| {
+                    felis_lab::attach_workloads(&mut state, &felis).context("attaching workloads")
+                });
+            if let Err(e) = started {
                 let _ = felis_lab::destroy(&state.plan.spec.name);
-                return Err(
-                    anyhow::Error::from(e).context("starting the agents (the lab was removed)")
-                );
+                return Err(e.context("the lab was removed"));
             }
             print!("{}", lab_table(&state.listing()));
             println!(

@@ -14,6 +14,7 @@
 //! UPDATEs can be read without allocating per prefix through [`update::UpdateView`], whose
 //! NLRI iterators walk the validated wire bytes.
 
+mod captured;
 pub mod notification;
 pub mod open;
 pub mod update;
@@ -55,9 +56,7 @@ impl std::fmt::Display for Asn {
 }
 
 /// An address family / subsequent address family pair (RFC 4760).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Family {
     /// Address family identifier (1 = IPv4, 2 = IPv6).
     pub afi: u16,
@@ -81,10 +80,16 @@ pub struct CodecOptions {
 
 impl CodecOptions {
     /// Options used when both sides speak 4-octet ASNs (every modern peer).
-    pub const FOUR_OCTET: CodecOptions = CodecOptions { four_octet_asn: true };
+    pub const FOUR_OCTET: CodecOptions = CodecOptions {
+        four_octet_asn: true,
+    };
 }
 
 /// One BGP message.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "messages are transient; boxing UPDATE would cost an allocation per message"
+)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// OPEN (type 1).
@@ -164,7 +169,9 @@ impl Message {
             return Err(DecodeError::MalformedMessage("truncated"));
         };
         if len != buf.len() {
-            return Err(DecodeError::BadMessageLength(u16::try_from(buf.len()).unwrap_or(0)));
+            return Err(DecodeError::BadMessageLength(
+                u16::try_from(buf.len()).unwrap_or(0),
+            ));
         }
         let body = buf.get(HEADER_LEN..).unwrap_or_default();
         Message::decode_body(kind, body, opts)
@@ -191,7 +198,10 @@ impl Message {
                 if !r.is_empty() {
                     return Err(DecodeError::BadMessageLength(body_len(body)));
                 }
-                Ok(Message::RouteRefresh(RouteRefresh { family: Family { afi, safi }, subtype }))
+                Ok(Message::RouteRefresh(RouteRefresh {
+                    family: Family { afi, safi },
+                    subtype,
+                }))
             }
             other => Err(DecodeError::BadMessageType(other)),
         }
@@ -227,7 +237,10 @@ impl Message {
         let len = out.len() - start;
         if len > MAX_MESSAGE_LEN {
             out.truncate(start);
-            return Err(EncodeError::TooLong { message: self.name(), len });
+            return Err(EncodeError::TooLong {
+                message: self.name(),
+                len,
+            });
         }
         let len16 = u16::try_from(len).map_err(|_| EncodeError::FieldTooLong("length"))?;
         if let Some(field) = out.get_mut(start + 16..start + 18) {
@@ -340,7 +353,9 @@ pub struct Ipv4Prefixes<'a> {
 
 impl<'a> Ipv4Prefixes<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Ipv4Prefixes { r: Reader::new(buf) }
+        Ipv4Prefixes {
+            r: Reader::new(buf),
+        }
     }
 }
 
@@ -355,7 +370,11 @@ impl Iterator for Ipv4Prefixes<'_> {
             *dst = *src;
         }
         let raw = u32::from_be_bytes(addr);
-        let masked = if len == 0 { 0 } else { raw & (u32::MAX << (32 - u32::from(len.min(32)))) };
+        let masked = if len == 0 {
+            0
+        } else {
+            raw & (u32::MAX << (32 - u32::from(len.min(32))))
+        };
         Ipv4Net::new(Ipv4Addr::from(masked), len).ok()
     }
 }
@@ -368,7 +387,9 @@ pub struct Ipv6Prefixes<'a> {
 
 impl<'a> Ipv6Prefixes<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Ipv6Prefixes { r: Reader::new(buf) }
+        Ipv6Prefixes {
+            r: Reader::new(buf),
+        }
     }
 }
 
@@ -383,8 +404,11 @@ impl Iterator for Ipv6Prefixes<'_> {
             *dst = *src;
         }
         let raw = u128::from_be_bytes(addr);
-        let masked =
-            if len == 0 { 0 } else { raw & (u128::MAX << (128 - u32::from(len.min(128)))) };
+        let masked = if len == 0 {
+            0
+        } else {
+            raw & (u128::MAX << (128 - u32::from(len.min(128))))
+        };
         Ipv6Net::new(Ipv6Addr::from(masked), len).ok()
     }
 }
@@ -394,7 +418,11 @@ pub(crate) fn put_ipv4_prefix(net: &Ipv4Net, out: &mut Vec<u8>) {
     let len = net.prefix_len();
     out.push(len);
     let octets = net.network().octets();
-    out.extend_from_slice(octets.get(..usize::from(len).div_ceil(8)).unwrap_or(&octets));
+    out.extend_from_slice(
+        octets
+            .get(..usize::from(len).div_ceil(8))
+            .unwrap_or(&octets),
+    );
 }
 
 /// Appends one IPv6 prefix in wire encoding.
@@ -402,7 +430,11 @@ pub(crate) fn put_ipv6_prefix(net: &Ipv6Net, out: &mut Vec<u8>) {
     let len = net.prefix_len();
     out.push(len);
     let octets = net.network().octets();
-    out.extend_from_slice(octets.get(..usize::from(len).div_ceil(8)).unwrap_or(&octets));
+    out.extend_from_slice(
+        octets
+            .get(..usize::from(len).div_ceil(8))
+            .unwrap_or(&octets),
+    );
 }
 
 /// Encoded size of an IPv4 prefix.
@@ -432,15 +464,29 @@ pub(crate) mod tests {
     #[test]
     fn keepalive_round_trips() {
         let bytes = hex(&format!("{MARKER} 0013 04"));
-        assert_eq!(Message::decode(&bytes, &CodecOptions::FOUR_OCTET), Ok(Message::Keepalive));
-        assert_eq!(Message::Keepalive.to_bytes(&CodecOptions::FOUR_OCTET).unwrap(), bytes);
+        assert_eq!(
+            Message::decode(&bytes, &CodecOptions::FOUR_OCTET),
+            Ok(Message::Keepalive)
+        );
+        assert_eq!(
+            Message::Keepalive
+                .to_bytes(&CodecOptions::FOUR_OCTET)
+                .unwrap(),
+            bytes
+        );
     }
 
     #[test]
     fn route_refresh_round_trips() {
         let bytes = hex(&format!("{MARKER} 0017 05 0002 00 01"));
-        let msg = Message::RouteRefresh(RouteRefresh { family: Family::IPV6_UNICAST, subtype: 0 });
-        assert_eq!(Message::decode(&bytes, &CodecOptions::FOUR_OCTET), Ok(msg.clone()));
+        let msg = Message::RouteRefresh(RouteRefresh {
+            family: Family::IPV6_UNICAST,
+            subtype: 0,
+        });
+        assert_eq!(
+            Message::decode(&bytes, &CodecOptions::FOUR_OCTET),
+            Ok(msg.clone())
+        );
         assert_eq!(msg.to_bytes(&CodecOptions::FOUR_OCTET).unwrap(), bytes);
     }
 
@@ -449,7 +495,10 @@ pub(crate) mod tests {
         let bytes = hex("ffffffffffffffffffffffffffffff00 0013 04");
         let err = Message::decode(&bytes, &CodecOptions::FOUR_OCTET).unwrap_err();
         assert_eq!(err, DecodeError::ConnectionNotSynchronized);
-        assert_eq!((err.notification().code, err.notification().subcode), (1, 1));
+        assert_eq!(
+            (err.notification().code, err.notification().subcode),
+            (1, 1)
+        );
     }
 
     #[test]
@@ -485,7 +534,10 @@ pub(crate) mod tests {
     fn prefixes_mask_host_bits() {
         // 10.1.2.3/24 encoded with a stray host octet masked away by length: 24 bits → 3 octets.
         let p: Vec<_> = Ipv4Prefixes::new(&hex("18 0a0102 00")).collect();
-        assert_eq!(p, vec!["10.1.2.0/24".parse().unwrap(), "0.0.0.0/0".parse().unwrap()]);
+        assert_eq!(
+            p,
+            vec!["10.1.2.0/24".parse().unwrap(), "0.0.0.0/0".parse().unwrap()]
+        );
         let p: Vec<_> = Ipv4Prefixes::new(&hex("17 0a0103")).collect();
         assert_eq!(p, vec!["10.1.2.0/23".parse().unwrap()]);
     }
@@ -494,6 +546,9 @@ pub(crate) mod tests {
     fn validate_rejects_long_and_truncated_prefixes() {
         assert_eq!(validate_prefixes(&hex("21 0a000001 00"), 32), None);
         assert_eq!(validate_prefixes(&hex("18 0a01"), 32), None);
-        assert_eq!(validate_prefixes(&hex("18 0a0102 20 0a000001"), 32), Some(2));
+        assert_eq!(
+            validate_prefixes(&hex("18 0a0102 20 0a000001"), 32),
+            Some(2)
+        );
     }
 }

@@ -76,7 +76,11 @@ pub struct Notification {
 impl Notification {
     /// A notification without data.
     pub fn new(code: u8, subcode: u8) -> Self {
-        Notification { code, subcode, data: Vec::new() }
+        Notification {
+            code,
+            subcode,
+            data: Vec::new(),
+        }
     }
 
     /// Hold Timer Expired (4/0).
@@ -99,7 +103,11 @@ impl Notification {
         let (Some(code), Some(subcode)) = (r.u8(), r.u8()) else {
             return Err(DecodeError::MalformedMessage("NOTIFICATION"));
         };
-        Ok(Notification { code, subcode, data: r.rest().to_vec() })
+        Ok(Notification {
+            code,
+            subcode,
+            data: r.rest().to_vec(),
+        })
     }
 
     pub(crate) fn encode_body(&self, out: &mut Vec<u8>) {
@@ -166,7 +174,10 @@ mod tests {
         // NOTIFICATION Cease / Administrative Shutdown, as BIRD sends on `disable`.
         let bytes = crate::packet::tests::hex("ffffffffffffffffffffffffffffffff 0015 03 06 02");
         let msg = Message::Notification(Notification::cease(cease_subcode::ADMIN_SHUTDOWN));
-        assert_eq!(Message::decode(&bytes, &CodecOptions::FOUR_OCTET), Ok(msg.clone()));
+        assert_eq!(
+            Message::decode(&bytes, &CodecOptions::FOUR_OCTET),
+            Ok(msg.clone())
+        );
         assert_eq!(msg.to_bytes(&CodecOptions::FOUR_OCTET).unwrap(), bytes);
     }
 

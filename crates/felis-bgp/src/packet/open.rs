@@ -120,7 +120,9 @@ impl Open {
 
     /// Whether the 4-octet AS capability is present.
     pub fn has_four_octet_as(&self) -> bool {
-        self.capabilities.iter().any(|c| matches!(c, Capability::FourOctetAs(_)))
+        self.capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::FourOctetAs(_)))
     }
 
     /// Families advertised with the multiprotocol capability; IPv4 unicast when none is
@@ -134,7 +136,12 @@ impl Open {
                 _ => None,
             })
             .collect();
-        if fams.is_empty() && !self.capabilities.iter().any(|c| matches!(c, Capability::Multiprotocol(_))) {
+        if fams.is_empty()
+            && !self
+                .capabilities
+                .iter()
+                .any(|c| matches!(c, Capability::Multiprotocol(_)))
+        {
             fams.push(Family::IPV4_UNICAST);
         }
         fams
@@ -150,7 +157,9 @@ impl Open {
 
     /// Whether route refresh is supported.
     pub fn has_route_refresh(&self) -> bool {
-        self.capabilities.iter().any(|c| matches!(c, Capability::RouteRefresh))
+        self.capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::RouteRefresh))
     }
 
     pub(crate) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
@@ -159,10 +168,16 @@ impl Open {
         if version != 4 {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        let my_as = r.u16().ok_or(DecodeError::MalformedOpen("my autonomous system"))?;
+        let my_as = r
+            .u16()
+            .ok_or(DecodeError::MalformedOpen("my autonomous system"))?;
         let hold_time = r.u16().ok_or(DecodeError::MalformedOpen("hold time"))?;
-        let bgp_id = r.ipv4().ok_or(DecodeError::MalformedOpen("bgp identifier"))?;
-        let params_len = r.u8().ok_or(DecodeError::MalformedOpen("optional parameters length"))?;
+        let bgp_id = r
+            .ipv4()
+            .ok_or(DecodeError::MalformedOpen("bgp identifier"))?;
+        let params_len = r
+            .u8()
+            .ok_or(DecodeError::MalformedOpen("optional parameters length"))?;
         let params = r
             .take(usize::from(params_len))
             .ok_or(DecodeError::MalformedOpen("optional parameters length"))?;
@@ -172,8 +187,12 @@ impl Open {
         let mut capabilities = Vec::new();
         let mut p = Reader::new(params);
         while !p.is_empty() {
-            let kind = p.u8().ok_or(DecodeError::MalformedOpen("optional parameter type"))?;
-            let len = p.u8().ok_or(DecodeError::MalformedOpen("optional parameter length"))?;
+            let kind = p
+                .u8()
+                .ok_or(DecodeError::MalformedOpen("optional parameter type"))?;
+            let len = p
+                .u8()
+                .ok_or(DecodeError::MalformedOpen("optional parameter length"))?;
             let value = p
                 .take(usize::from(len))
                 .ok_or(DecodeError::MalformedOpen("optional parameter length"))?;
@@ -182,7 +201,13 @@ impl Open {
             }
             decode_capabilities(value, &mut capabilities)?;
         }
-        Ok(Open { version, my_as, hold_time, bgp_id, capabilities })
+        Ok(Open {
+            version,
+            my_as,
+            hold_time,
+            bgp_id,
+            capabilities,
+        })
     }
 
     pub(crate) fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
@@ -250,11 +275,17 @@ fn decode_capabilities(mut buf: &[u8], out: &mut Vec<Capability>) -> Result<(), 
             capability_code::ADD_PATH if len % 4 == 0 => {
                 let mut families = Vec::new();
                 while let (Some(afi), Some(safi), Some(sr)) = (v.u16(), v.u8(), v.u8()) {
-                    families.push(AddPathFamily { family: Family { afi, safi }, send_receive: sr });
+                    families.push(AddPathFamily {
+                        family: Family { afi, safi },
+                        send_receive: sr,
+                    });
                 }
                 Capability::AddPath(families)
             }
-            _ => Capability::Unknown { code, value: value.to_vec() },
+            _ => Capability::Unknown {
+                code,
+                value: value.to_vec(),
+            },
         };
         out.push(cap);
     }
@@ -368,7 +399,10 @@ mod tests {
     fn bird_open_round_trips() {
         let bytes = hex(BIRD_OPEN);
         let msg = Message::Open(bird_open());
-        assert_eq!(Message::decode(&bytes, &CodecOptions::default()), Ok(msg.clone()));
+        assert_eq!(
+            Message::decode(&bytes, &CodecOptions::default()),
+            Ok(msg.clone())
+        );
         assert_eq!(msg.to_bytes(&CodecOptions::default()).unwrap(), bytes);
     }
 
@@ -378,7 +412,10 @@ mod tests {
         assert_eq!(open.asn(), Asn(64512));
         assert!(open.has_four_octet_as());
         assert!(open.has_route_refresh());
-        assert_eq!(open.families(), vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST]);
+        assert_eq!(
+            open.families(),
+            vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+        );
         assert_eq!(open.graceful_restart().map(|g| g.restart_time), Some(120));
     }
 
@@ -430,8 +467,14 @@ mod tests {
         assert_eq!(
             open.capabilities,
             vec![
-                Capability::Unknown { code: 70, value: vec![] },
-                Capability::Unknown { code: 73, value: vec![1, 0x61, 0] },
+                Capability::Unknown {
+                    code: 70,
+                    value: vec![]
+                },
+                Capability::Unknown {
+                    code: 73,
+                    value: vec![1, 0x61, 0]
+                },
             ]
         );
     }

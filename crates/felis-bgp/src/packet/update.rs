@@ -92,9 +92,7 @@ const OPTIONAL_NON_TRANSITIVE: u8 = attr_flag::OPTIONAL;
 const OPTIONAL_TRANSITIVE: u8 = attr_flag::OPTIONAL | attr_flag::TRANSITIVE;
 
 /// ORIGIN values (RFC 4271 §5.1.1); lower is preferred.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Origin {
     /// Learned from an IGP (0).
     Igp,
@@ -140,7 +138,12 @@ impl AsPath {
         if asns.is_empty() {
             return AsPath::default();
         }
-        AsPath { segments: vec![AsSegment { kind: SegmentType::Sequence, asns }] }
+        AsPath {
+            segments: vec![AsSegment {
+                kind: SegmentType::Sequence,
+                asns,
+            }],
+        }
     }
 
     /// Path length for best-path selection (RFC 4271 §9.1.2.2 a): an AS_SET counts as one,
@@ -169,7 +172,10 @@ impl AsPath {
     /// The neighbouring AS: the first ASN of a leading AS_SEQUENCE (RFC 4271 §9.1.2.2 c).
     pub fn first_asn(&self) -> Option<Asn> {
         match self.segments.first() {
-            Some(AsSegment { kind: SegmentType::Sequence, asns }) => asns.first().copied(),
+            Some(AsSegment {
+                kind: SegmentType::Sequence,
+                asns,
+            }) => asns.first().copied(),
             _ => None,
         }
     }
@@ -180,9 +186,13 @@ impl AsPath {
             Some(seg) if seg.kind == SegmentType::Sequence && seg.asns.len() < 255 => {
                 seg.asns.insert(0, asn);
             }
-            _ => self
-                .segments
-                .insert(0, AsSegment { kind: SegmentType::Sequence, asns: vec![asn] }),
+            _ => self.segments.insert(
+                0,
+                AsSegment {
+                    kind: SegmentType::Sequence,
+                    asns: vec![asn],
+                },
+            ),
         }
     }
 }
@@ -197,9 +207,7 @@ pub struct Aggregator {
 }
 
 /// A community (RFC 1997): high 16 bits ASN, low 16 bits value.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Community(pub u32);
 
 impl Community {
@@ -376,18 +384,25 @@ impl<'a> UpdateView<'a> {
     /// reset with [`DecodeError::notification`].
     pub fn parse(body: &'a [u8], opts: &CodecOptions) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let wlen = r.u16().ok_or(DecodeError::MalformedAttributeList("withdrawn routes length"))?;
+        let wlen = r.u16().ok_or(DecodeError::MalformedAttributeList(
+            "withdrawn routes length",
+        ))?;
         let withdrawn = r
             .take(usize::from(wlen))
-            .ok_or(DecodeError::MalformedAttributeList("withdrawn routes length"))?;
+            .ok_or(DecodeError::MalformedAttributeList(
+                "withdrawn routes length",
+            ))?;
         // RFC 7606 §5.3: a malformed prefix in withdrawn or NLRI resets the session.
         validate_prefixes(withdrawn, 32)
             .ok_or(DecodeError::InvalidNetworkField("withdrawn routes"))?;
-        let alen =
-            r.u16().ok_or(DecodeError::MalformedAttributeList("total path attribute length"))?;
+        let alen = r.u16().ok_or(DecodeError::MalformedAttributeList(
+            "total path attribute length",
+        ))?;
         let attr_bytes = r
             .take(usize::from(alen))
-            .ok_or(DecodeError::MalformedAttributeList("total path attribute length"))?;
+            .ok_or(DecodeError::MalformedAttributeList(
+                "total path attribute length",
+            ))?;
         let nlri = r.rest();
         validate_prefixes(nlri, 32).ok_or(DecodeError::InvalidNetworkField("nlri"))?;
         let mut view = UpdateView {
@@ -508,9 +523,11 @@ impl<'a> UpdateView<'a> {
             } else {
                 r.u8().map(usize::from)
             };
-            let value = len
-                .and_then(|len| r.take(len))
-                .ok_or(DecodeError::MalformedAttributeList("attribute length overruns"))?;
+            let value =
+                len.and_then(|len| r.take(len))
+                    .ok_or(DecodeError::MalformedAttributeList(
+                        "attribute length overruns",
+                    ))?;
             let whole = start.get(..start.len() - r.remaining()).unwrap_or_default();
             let (word, bit) = (usize::from(code / 64), code % 64);
             let Some(slot) = seen.get_mut(word) else {
@@ -541,13 +558,20 @@ impl<'a> UpdateView<'a> {
     ) -> Result<(), DecodeError> {
         let class = flags & (attr_flag::OPTIONAL | attr_flag::TRANSITIVE);
         let expect = |want: u8| {
-            if class == want { Ok(()) } else { Err(DecodeError::AttributeFlags { code, flags }) }
+            if class == want {
+                Ok(())
+            } else {
+                Err(DecodeError::AttributeFlags { code, flags })
+            }
         };
-        let bad_len = DecodeError::AttributeLength { code, len: value.len() };
+        let bad_len = DecodeError::AttributeLength {
+            code,
+            len: value.len(),
+        };
         let mut v = Reader::new(value);
         match code {
             attr_code::ORIGIN => {
-                let parsed = expect(WELL_KNOWN).and_then(|()| match value {
+                let parsed = expect(WELL_KNOWN).and(match value {
                     [0] => Ok(Origin::Igp),
                     [1] => Ok(Origin::Egp),
                     [2] => Ok(Origin::Incomplete),
@@ -683,8 +707,9 @@ fn decode_as_path(value: &[u8], four_octet: bool) -> Result<AsPath, DecodeError>
             return Err(DecodeError::MalformedAsPath);
         }
         let width = if four_octet { 4 } else { 2 };
-        let bytes =
-            r.take(usize::from(count) * width).ok_or(DecodeError::MalformedAsPath)?;
+        let bytes = r
+            .take(usize::from(count) * width)
+            .ok_or(DecodeError::MalformedAsPath)?;
         let asns = if four_octet {
             bytes.chunks_exact(4).filter_map(be_u32).map(Asn).collect()
         } else {
@@ -704,11 +729,18 @@ fn supported(family: Family) -> bool {
 }
 
 fn max_prefix_len(family: Family) -> u8 {
-    if family.afi == Family::IPV6_UNICAST.afi { 128 } else { 32 }
+    if family.afi == Family::IPV6_UNICAST.afi {
+        128
+    } else {
+        32
+    }
 }
 
 fn parse_mp_reach(value: &[u8]) -> Result<Option<MpReachView<'_>>, DecodeError> {
-    let bad = |reason| DecodeError::OptionalAttribute { code: attr_code::MP_REACH_NLRI, reason };
+    let bad = |reason| DecodeError::OptionalAttribute {
+        code: attr_code::MP_REACH_NLRI,
+        reason,
+    };
     let mut r = Reader::new(value);
     let (Some(afi), Some(safi), Some(nh_len)) = (r.u16(), r.u8(), r.u8()) else {
         return Err(bad("truncated header"));
@@ -725,15 +757,26 @@ fn parse_mp_reach(value: &[u8]) -> Result<Option<MpReachView<'_>>, DecodeError> 
     let (next_hop, link_local) = match nh_len {
         4 => (IpAddr::V4(n.ipv4().ok_or(bad("next hop"))?), None),
         16 => (IpAddr::V6(n.ipv6().ok_or(bad("next hop"))?), None),
-        32 => (IpAddr::V6(n.ipv6().ok_or(bad("next hop"))?), Some(n.ipv6().ok_or(bad("next hop"))?)),
+        32 => (
+            IpAddr::V6(n.ipv6().ok_or(bad("next hop"))?),
+            Some(n.ipv6().ok_or(bad("next hop"))?),
+        ),
         _ => return Err(bad("next hop length")),
     };
     validate_prefixes(nlri, max_prefix_len(family)).ok_or(bad("nlri"))?;
-    Ok(Some(MpReachView { family, next_hop, link_local, nlri }))
+    Ok(Some(MpReachView {
+        family,
+        next_hop,
+        link_local,
+        nlri,
+    }))
 }
 
 fn parse_mp_unreach(value: &[u8]) -> Result<Option<MpUnreachView<'_>>, DecodeError> {
-    let bad = |reason| DecodeError::OptionalAttribute { code: attr_code::MP_UNREACH_NLRI, reason };
+    let bad = |reason| DecodeError::OptionalAttribute {
+        code: attr_code::MP_UNREACH_NLRI,
+        reason,
+    };
     let mut r = Reader::new(value);
     let (Some(afi), Some(safi)) = (r.u16(), r.u8()) else {
         return Err(bad("truncated header"));
@@ -754,7 +797,10 @@ impl Update {
             return Update::default();
         }
         Update {
-            mp_unreach: Some(MpUnreach { family, withdrawn: Vec::new() }),
+            mp_unreach: Some(MpUnreach {
+                family,
+                withdrawn: Vec::new(),
+            }),
             ..Update::default()
         }
     }
@@ -795,24 +841,34 @@ impl Update {
         out.extend_from_slice(&[0, 0]);
         encode_attributes(&self.attrs, opts, out, |out| {
             if let Some(reach) = &self.mp_reach {
-                put_attribute(out, OPTIONAL_NON_TRANSITIVE, attr_code::MP_REACH_NLRI, |out| {
-                    out.extend_from_slice(&reach.family.afi.to_be_bytes());
-                    out.push(reach.family.safi);
-                    put_next_hop(out, reach.next_hop, reach.link_local);
-                    out.push(0);
-                    for p in &reach.nlri {
-                        put_prefix(p, out);
-                    }
-                });
+                put_attribute(
+                    out,
+                    OPTIONAL_NON_TRANSITIVE,
+                    attr_code::MP_REACH_NLRI,
+                    |out| {
+                        out.extend_from_slice(&reach.family.afi.to_be_bytes());
+                        out.push(reach.family.safi);
+                        put_next_hop(out, reach.next_hop, reach.link_local);
+                        out.push(0);
+                        for p in &reach.nlri {
+                            put_prefix(p, out);
+                        }
+                    },
+                );
             }
             if let Some(unreach) = &self.mp_unreach {
-                put_attribute(out, OPTIONAL_NON_TRANSITIVE, attr_code::MP_UNREACH_NLRI, |out| {
-                    out.extend_from_slice(&unreach.family.afi.to_be_bytes());
-                    out.push(unreach.family.safi);
-                    for p in &unreach.withdrawn {
-                        put_prefix(p, out);
-                    }
-                });
+                put_attribute(
+                    out,
+                    OPTIONAL_NON_TRANSITIVE,
+                    attr_code::MP_UNREACH_NLRI,
+                    |out| {
+                        out.extend_from_slice(&unreach.family.afi.to_be_bytes());
+                        out.push(unreach.family.safi);
+                        for p in &unreach.withdrawn {
+                            put_prefix(p, out);
+                        }
+                    },
+                );
             }
         });
         patch_u16(out, astart, "path attributes")?;
@@ -942,19 +998,31 @@ fn encode_attributes(
         });
     }
     if let Some(id) = attrs.originator_id {
-        put_attribute(out, OPTIONAL_NON_TRANSITIVE, attr_code::ORIGINATOR_ID, |out| {
-            out.extend_from_slice(&id.octets());
-        });
+        put_attribute(
+            out,
+            OPTIONAL_NON_TRANSITIVE,
+            attr_code::ORIGINATOR_ID,
+            |out| {
+                out.extend_from_slice(&id.octets());
+            },
+        );
     }
     if !attrs.cluster_list.is_empty() {
-        put_attribute(out, OPTIONAL_NON_TRANSITIVE, attr_code::CLUSTER_LIST, |out| {
-            for id in &attrs.cluster_list {
-                out.extend_from_slice(&id.octets());
-            }
-        });
+        put_attribute(
+            out,
+            OPTIONAL_NON_TRANSITIVE,
+            attr_code::CLUSTER_LIST,
+            |out| {
+                for id in &attrs.cluster_list {
+                    out.extend_from_slice(&id.octets());
+                }
+            },
+        );
     }
-    let (before, after): (Vec<&RawAttribute>, Vec<&RawAttribute>) =
-        attrs.other.iter().partition(|a| a.code < attr_code::MP_REACH_NLRI);
+    let (before, after): (Vec<&RawAttribute>, Vec<&RawAttribute>) = attrs
+        .other
+        .iter()
+        .partition(|a| a.code < attr_code::MP_REACH_NLRI);
     for a in before {
         put_attribute(out, a.flags, a.code, |out| out.extend_from_slice(&a.value));
     }
@@ -1011,7 +1079,11 @@ pub fn announcements(
         .collect();
     let room = UPDATE_ROOM.saturating_sub(attrs_len);
     for chunk in chunk_by_size(&v4, room, ipv4_prefix_size) {
-        updates.push(Update { attrs: attrs.clone(), nlri: chunk.to_vec(), ..Update::default() });
+        updates.push(Update {
+            attrs: attrs.clone(),
+            nlri: chunk.to_vec(),
+            ..Update::default()
+        });
     }
     if let Some((next_hop, link_local)) = v6_next_hop {
         // MP_REACH: 4 header + afi(2) safi(1) nh_len(1) nh(16|32) reserved(1).
@@ -1053,7 +1125,10 @@ pub fn withdrawals(prefixes: &[IpNet]) -> Vec<Update> {
         })
         .collect();
     for chunk in chunk_by_size(&v4, UPDATE_ROOM, ipv4_prefix_size) {
-        updates.push(Update { withdrawn: chunk.to_vec(), ..Update::default() });
+        updates.push(Update {
+            withdrawn: chunk.to_vec(),
+            ..Update::default()
+        });
     }
     for chunk in chunk_by_size(&v6, UPDATE_ROOM - 4 - 3, ipv6_prefix_size) {
         updates.push(Update {
@@ -1162,13 +1237,19 @@ mod tests {
     #[test]
     fn ipv4_announcement_round_trips() {
         assert_eq!(decode(ANNOUNCE_V4), Ok(Message::Update(announce_v4())));
-        assert_eq!(Message::Update(announce_v4()).to_bytes(&OPTS).unwrap(), hex(ANNOUNCE_V4));
+        assert_eq!(
+            Message::Update(announce_v4()).to_bytes(&OPTS).unwrap(),
+            hex(ANNOUNCE_V4)
+        );
     }
 
     #[test]
     fn ipv6_announcement_round_trips() {
         assert_eq!(decode(ANNOUNCE_V6), Ok(Message::Update(announce_v6())));
-        assert_eq!(Message::Update(announce_v6()).to_bytes(&OPTS).unwrap(), hex(ANNOUNCE_V6));
+        assert_eq!(
+            Message::Update(announce_v6()).to_bytes(&OPTS).unwrap(),
+            hex(ANNOUNCE_V6)
+        );
     }
 
     #[test]
@@ -1182,7 +1263,10 @@ mod tests {
 
     #[test]
     fn two_octet_as_path_reads_with_two_octet_options() {
-        let b = body("40 01 01 02  40 02 04 02 01 fde8  40 03 04 0a000001", "08 0a");
+        let b = body(
+            "40 01 01 02  40 02 04 02 01 fde8  40 03 04 0a000001",
+            "08 0a",
+        );
         let u = Update::decode(&b, &CodecOptions::default()).unwrap();
         assert_eq!(u.attrs.as_path, Some(AsPath::sequence([65000])));
         assert_eq!(u.attrs.origin, Some(Origin::Incomplete));
@@ -1214,9 +1298,15 @@ mod tests {
         assert!(a.atomic_aggregate);
         assert_eq!(
             a.aggregator,
-            Some(Aggregator { asn: Asn(65000), address: Ipv4Addr::new(10, 0, 0, 9) })
+            Some(Aggregator {
+                asn: Asn(65000),
+                address: Ipv4Addr::new(10, 0, 0, 9)
+            })
         );
-        assert_eq!(a.communities, vec![Community(0xfde8_0001), Community::NO_EXPORT]);
+        assert_eq!(
+            a.communities,
+            vec![Community(0xfde8_0001), Community::NO_EXPORT]
+        );
         assert_eq!(a.originator_id, Some(Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!(
             a.cluster_list,
@@ -1225,7 +1315,11 @@ mod tests {
         // Extended communities (16) are not interpreted but kept for re-advertisement.
         assert_eq!(
             a.other,
-            vec![RawAttribute { flags: 0xc0, code: 16, value: hex("0002fde800000001") }]
+            vec![RawAttribute {
+                flags: 0xc0,
+                code: 16,
+                value: hex("0002fde800000001")
+            }]
         );
         let mut out = Vec::new();
         u.encode_body(&OPTS, &mut out).unwrap();
@@ -1235,9 +1329,16 @@ mod tests {
     #[test]
     fn end_of_rib_markers_are_recognised() {
         let v4 = hex("ffffffffffffffffffffffffffffffff 0017 02 0000 0000");
-        let Ok(Message::Update(u)) = Message::decode(&v4, &OPTS) else { panic!() };
+        let Ok(Message::Update(u)) = Message::decode(&v4, &OPTS) else {
+            panic!()
+        };
         assert_eq!(u.end_of_rib_family(), Some(Family::IPV4_UNICAST));
-        assert_eq!(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)).to_bytes(&OPTS).unwrap(), v4);
+        assert_eq!(
+            Message::Update(Update::end_of_rib(Family::IPV4_UNICAST))
+                .to_bytes(&OPTS)
+                .unwrap(),
+            v4
+        );
         let v6 = hex("ffffffffffffffffffffffffffffffff 001d 02 0000 0006 80 0f 03 0002 01");
         let view = UpdateView::parse(&v6[HEADER_LEN..], &OPTS).unwrap();
         assert_eq!(view.end_of_rib(), Some(Family::IPV6_UNICAST));
@@ -1257,7 +1358,10 @@ mod tests {
     fn attribute_length_overrun_resets_with_malformed_attribute_list() {
         let b = body("40 01 05 00", "");
         let err = Update::decode(&b, &OPTS).unwrap_err();
-        assert_eq!(err, DecodeError::MalformedAttributeList("attribute length overruns"));
+        assert_eq!(
+            err,
+            DecodeError::MalformedAttributeList("attribute length overruns")
+        );
     }
 
     #[test]
@@ -1269,7 +1373,10 @@ mod tests {
 
     #[test]
     fn invalid_origin_is_treat_as_withdraw() {
-        let b = body("40 01 01 07  40 02 06 02 01 0000fc00  40 03 04 0a000001", "18 0a0000");
+        let b = body(
+            "40 01 01 07  40 02 06 02 01 0000fc00  40 03 04 0a000001",
+            "18 0a0000",
+        );
         let view = UpdateView::parse(&b, &OPTS).unwrap();
         assert_eq!(view.attribute_error, Some(DecodeError::InvalidOrigin(7)));
         let u = view.to_update();
@@ -1281,7 +1388,10 @@ mod tests {
     #[test]
     fn malformed_as_path_is_treat_as_withdraw() {
         // Segment claims 2 ASNs, carries 1.
-        let b = body("40 01 01 00  40 02 06 02 02 0000fc00  40 03 04 0a000001", "18 0a0000");
+        let b = body(
+            "40 01 01 00  40 02 06 02 02 0000fc00  40 03 04 0a000001",
+            "18 0a0000",
+        );
         let view = UpdateView::parse(&b, &OPTS).unwrap();
         assert_eq!(view.attribute_error, Some(DecodeError::MalformedAsPath));
         assert_eq!(view.attribute_error.unwrap().notification().subcode, 11);
@@ -1311,7 +1421,10 @@ mod tests {
         let view = UpdateView::parse(&b, &OPTS).unwrap();
         assert_eq!(
             view.attribute_error,
-            Some(DecodeError::AttributeFlags { code: 3, flags: 0x80 })
+            Some(DecodeError::AttributeFlags {
+                code: 3,
+                flags: 0x80
+            })
         );
     }
 
@@ -1319,7 +1432,10 @@ mod tests {
     fn zero_next_hop_is_treat_as_withdraw() {
         let b = body("40 01 01 00  40 02 00  40 03 04 00000000", "18 0a0000");
         let view = UpdateView::parse(&b, &OPTS).unwrap();
-        assert!(matches!(view.attribute_error, Some(DecodeError::InvalidNextHop(_))));
+        assert!(matches!(
+            view.attribute_error,
+            Some(DecodeError::InvalidNextHop(_))
+        ));
     }
 
     #[test]
@@ -1419,7 +1535,11 @@ mod tests {
             next_hop: Some(Ipv4Addr::new(10, 0, 0, 1)),
             ..PathAttributes::default()
         };
-        let u = Update { attrs, nlri: vec!["10.0.0.0/8".parse().unwrap()], ..Update::default() };
+        let u = Update {
+            attrs,
+            nlri: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Update::default()
+        };
         let bytes = Message::Update(u.clone()).to_bytes(&OPTS).unwrap();
         // AS_PATH: flags 0x50 (well-known + extended length), length 0x0192 = 2 + 400.
         assert_eq!(&bytes[HEADER_LEN + 8..HEADER_LEN + 12], &hex("50 02 0192"));
@@ -1454,7 +1574,10 @@ mod tests {
         assert_eq!(p.first_asn(), Some(Asn(64512)));
         assert_eq!(p.len(), 3);
         assert!(p.contains(Asn(65002)));
-        p.segments.push(AsSegment { kind: SegmentType::Set, asns: vec![Asn(1), Asn(2)] });
+        p.segments.push(AsSegment {
+            kind: SegmentType::Set,
+            asns: vec![Asn(1), Asn(2)],
+        });
         assert_eq!(p.len(), 4);
         assert!(AsPath::default().is_empty());
     }

@@ -159,30 +159,36 @@ pub fn address<'a>(set: &'a PolicySet, end: &str) -> (IpAddr, Option<&'a Endpoin
     }
 }
 
-/// A flow: `proto` is `tcp`, `udp`, `sctp`, `icmp:<type>:<code>` or a protocol number.
-pub fn trace(set: &PolicySet, from: &str, to: &str, proto: &str, dport: u16) -> Trace {
-    let (src, from_ep) = address(set, from);
-    let (dst, to_ep) = address(set, to);
-    let packet = if let Some(rest) = proto.strip_prefix("icmp:") {
+/// A packet between two ends: `proto` is `tcp`, `udp`, `sctp`, `icmp:<type>:<code>` or a
+/// protocol number; TCP/UDP/SCTP packets come from port 40000.
+pub fn packet(set: &PolicySet, from: &str, to: &str, proto: &str, dport: u16) -> Packet {
+    let (src, _) = address(set, from);
+    let (dst, _) = address(set, to);
+    if let Some(rest) = proto.strip_prefix("icmp:") {
         let (t, c) = rest.split_once(':').unwrap();
-        Packet::icmp(src, dst, t.parse().unwrap(), c.parse().unwrap())
+        return Packet::icmp(src, dst, t.parse().unwrap(), c.parse().unwrap());
+    }
+    let protocol: Protocol = proto.parse().unwrap();
+    if protocol.has_ports() {
+        Packet::with_ports(protocol, src, 40000, dst, dport)
     } else {
-        let protocol: Protocol = proto.parse().unwrap();
-        if protocol.has_ports() {
-            Packet::with_ports(protocol, src, 40000, dst, dport)
-        } else {
-            Packet {
-                src_ip: src,
-                dst_ip: dst,
-                protocol,
-                src_port: None,
-                dst_port: None,
-                icmp_type: None,
-                icmp_code: None,
-            }
+        Packet {
+            src_ip: src,
+            dst_ip: dst,
+            protocol,
+            src_port: None,
+            dst_port: None,
+            icmp_type: None,
+            icmp_code: None,
         }
-    };
-    set.verdict(&packet, from_ep, to_ep)
+    }
+}
+
+/// The trace of a flow between two ends (see [`packet`]).
+pub fn trace(set: &PolicySet, from: &str, to: &str, proto: &str, dport: u16) -> Trace {
+    let (_, from_ep) = address(set, from);
+    let (_, to_ep) = address(set, to);
+    set.verdict(&packet(set, from, to, proto, dport), from_ep, to_ep)
 }
 
 /// One row of a verdict table.

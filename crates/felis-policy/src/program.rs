@@ -1,0 +1,639 @@
+//! The active policy of a host compiled into a rule program: an IR independent of nftables,
+//! where selectors have become IP sets and every rule is a flat list of matches.
+//!
+//! ```text
+//! endpoint ─► direction ─► tier 1 ─► policy chain ─► rules (matches → action)
+//!                          tier 2 ─► ...            Log: continue · Pass: next tier
+//!                          (default action)
+//!                          profiles ─► profile chain ─► rules
+//! ```
+//!
+//! [`Program::verdict`] interprets the program; a property test checks it against
+//! [`PolicySet::verdict`], so whatever renders the program (nftables) has a reference to meet.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::engine::PolicySet;
+use crate::engine::endpoint_key;
+use crate::engine::policy_key;
+use crate::model::Action;
+use crate::model::Direction;
+use crate::model::Endpoint;
+use crate::model::EntityRule;
+use crate::model::IcmpMatch;
+use crate::model::IpVersion;
+use crate::model::Packet;
+use crate::model::Port;
+use crate::model::Protocol;
+use crate::model::Rule;
+use crate::model::TierDefaultAction;
+use crate::resolve::NamedPortMember;
+use crate::trace::Decision;
+use crate::trace::DirectionTrace;
+use crate::trace::RuleRef;
+use crate::trace::Step;
+use crate::trace::Trace;
+use crate::trace::Verdict;
+
+/// Identifies an IP set (or named-port set) of a [`Program`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IpSetId(pub u32);
+
+/// The compiled policy of a set of (local) endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Program {
+    /// Address sets that selectors and notSelectors resolved to, deduplicated.
+    pub ip_sets: BTreeMap<IpSetId, Vec<IpNet>>,
+    /// `address:protocol:port` sets that named ports resolved to, deduplicated.
+    pub named_port_sets: BTreeMap<IpSetId, Vec<NamedPortMember>>,
+    /// Policy chains by policy key (`<namespace>/<name>`, or `<name>` for global policies).
+    pub policies: BTreeMap<String, PolicyProgram>,
+    /// Profile chains by profile name (profiles that exist and some endpoint uses).
+    pub profiles: BTreeMap<String, ProfileProgram>,
+    /// Per endpoint, keyed `<namespace>/<name>` (or `<name>` for host endpoints).
+    pub endpoints: BTreeMap<String, EndpointProgram>,
+}
+
+/// One policy's compiled rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyProgram {
+    /// Tier name.
+    pub tier: String,
+    /// Namespace of a NetworkPolicy.
+    pub namespace: Option<String>,
+    /// Policy name.
+    pub name: String,
+    /// Ingress rules, in order.
+    pub ingress: Vec<CompiledRule>,
+    /// Egress rules, in order.
+    pub egress: Vec<CompiledRule>,
+}
+
+/// One profile's compiled rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileProgram {
+    /// Ingress rules, in order.
+    pub ingress: Vec<CompiledRule>,
+    /// Egress rules, in order.
+    pub egress: Vec<CompiledRule>,
+}
+
+/// What runs for one endpoint, per direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointProgram {
+    /// Traffic into the endpoint.
+    pub ingress: DirectionProgram,
+    /// Traffic out of the endpoint.
+    pub egress: DirectionProgram,
+}
+
+/// The participating tiers, then the profiles, of one endpoint in one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionProgram {
+    /// Participating tiers in order.
+    pub tiers: Vec<TierProgram>,
+    /// Profile names in order (a missing profile is skipped).
+    pub profiles: Vec<String>,
+}
+
+/// A participating tier: its applying policies in order, and its default action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TierProgram {
+    /// Tier name.
+    pub tier: String,
+    /// Policy keys (into [`Program::policies`]) in order.
+    pub policies: Vec<String>,
+    /// What happens when no rule of the tier decided.
+    pub default_action: TierDefaultAction,
+}
+
+/// A rule: all matches must hold, then `action`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledRule {
+    /// The action.
+    pub action: Action,
+    /// Conditions, ANDed.
+    pub matches: Vec<Match>,
+}
+
+/// Which address/port of the packet a match looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Side {
+    /// The source.
+    Source,
+    /// The destination.
+    Destination,
+}
+
+/// One condition of a compiled rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Match {
+    /// The rule can never match (its CIDRs and ipVersion disagree on the family).
+    Never,
+    /// The packet is of this family.
+    IpVersion(IpVersion),
+    /// The packet's protocol is (`negated`: is not) this one.
+    Protocol {
+        /// The protocol.
+        protocol: Protocol,
+        /// Whether the match is inverted (`notProtocol`).
+        negated: bool,
+    },
+    /// The packet is ICMP/ICMPv6 of this type (and code); `negated`: it is not.
+    Icmp {
+        /// Type and code.
+        icmp: IcmpMatch,
+        /// Whether the match is inverted (`notICMP`).
+        negated: bool,
+    },
+    /// The address is (`negated`: is not) in one of these CIDRs.
+    Nets {
+        /// Which address.
+        side: Side,
+        /// The CIDRs.
+        nets: Vec<IpNet>,
+        /// Whether the match is inverted (`notNets`).
+        negated: bool,
+    },
+    /// The address is (`negated`: is not) in an IP set.
+    Set {
+        /// Which address.
+        side: Side,
+        /// The set.
+        set: IpSetId,
+        /// Whether the match is inverted (`notSelector`).
+        negated: bool,
+    },
+    /// The packet has ports and the port is (`negated`: is not) in one of the ranges, or the
+    /// `address:protocol:port` is in one of the named-port sets.
+    Ports {
+        /// Which port (and, for named ports, address).
+        side: Side,
+        /// Inclusive port ranges.
+        ranges: Vec<(u16, u16)>,
+        /// Named-port sets.
+        named: Vec<IpSetId>,
+        /// Whether the match is inverted (`notPorts`).
+        negated: bool,
+    },
+}
+
+impl PolicySet {
+    /// Compiles the policy that applies to `local` endpoints into a [`Program`].
+    pub fn compile<'a>(&self, local: impl IntoIterator<Item = &'a Endpoint>) -> Program {
+        let mut compiler = Compiler {
+            set: self,
+            program: Program::default(),
+            set_ids: BTreeMap::new(),
+        };
+        for endpoint in local {
+            let programs = [Direction::Ingress, Direction::Egress].map(|direction| {
+                let tiers = self
+                    .applicable_tiers(endpoint, direction)
+                    .into_iter()
+                    .map(|applied| TierProgram {
+                        tier: applied.tier.name.clone(),
+                        policies: applied
+                            .policies
+                            .iter()
+                            .map(|policy| compiler.policy(policy))
+                            .collect(),
+                        default_action: applied.tier.default_action,
+                    })
+                    .collect();
+                DirectionProgram {
+                    tiers,
+                    profiles: endpoint.profiles.clone(),
+                }
+            });
+            for name in &endpoint.profiles {
+                compiler.profile(name);
+            }
+            let [ingress, egress] = programs;
+            compiler
+                .program
+                .endpoints
+                .insert(endpoint_key(endpoint), EndpointProgram { ingress, egress });
+        }
+        compiler.program
+    }
+}
+
+/// What an IP set was made from: the key that deduplicates sets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SetContents {
+    Nets(Vec<IpNet>),
+    NamedPorts(Vec<NamedPortMember>),
+}
+
+struct Compiler<'a> {
+    set: &'a PolicySet,
+    program: Program,
+    set_ids: BTreeMap<SetContents, IpSetId>,
+}
+
+impl Compiler<'_> {
+    /// Compiles `policy` once; returns its key.
+    fn policy(&mut self, policy: &crate::model::Policy) -> String {
+        let key = policy_key(policy).into_owned();
+        if !self.program.policies.contains_key(&key) {
+            let namespace = policy.namespace.as_deref();
+            let program = PolicyProgram {
+                tier: policy.tier.clone(),
+                namespace: policy.namespace.clone(),
+                name: policy.name.clone(),
+                ingress: policy
+                    .ingress
+                    .iter()
+                    .map(|r| self.rule(r, namespace))
+                    .collect(),
+                egress: policy
+                    .egress
+                    .iter()
+                    .map(|r| self.rule(r, namespace))
+                    .collect(),
+            };
+            self.program.policies.insert(key.clone(), program);
+        }
+        key
+    }
+
+    fn profile(&mut self, name: &str) {
+        if self.program.profiles.contains_key(name) {
+            return;
+        }
+        let Some(profile) = self.set.profiles.get(name) else {
+            return;
+        };
+        let program = ProfileProgram {
+            ingress: profile.ingress.iter().map(|r| self.rule(r, None)).collect(),
+            egress: profile.egress.iter().map(|r| self.rule(r, None)).collect(),
+        };
+        self.program.profiles.insert(name.to_string(), program);
+    }
+
+    fn set_id(&mut self, contents: SetContents) -> IpSetId {
+        if let Some(id) = self.set_ids.get(&contents) {
+            return *id;
+        }
+        let id = IpSetId(u32::try_from(self.set_ids.len()).unwrap_or(u32::MAX));
+        match &contents {
+            SetContents::Nets(nets) => self.program.ip_sets.insert(id, nets.clone()),
+            SetContents::NamedPorts(members) => {
+                self.program.named_port_sets.insert(id, members.clone());
+                None
+            }
+        };
+        self.set_ids.insert(contents, id);
+        id
+    }
+
+    fn rule(&mut self, rule: &Rule, policy_namespace: Option<&str>) -> CompiledRule {
+        let mut matches = Vec::new();
+        // A rule is rendered only for the family of its CIDRs (and its ipVersion).
+        let mut families: Vec<IpVersion> = rule.ip_version.into_iter().collect();
+        for entity in [&rule.source, &rule.destination] {
+            families.extend(
+                entity
+                    .nets
+                    .iter()
+                    .chain(&entity.not_nets)
+                    .map(IpVersion::of_net),
+            );
+        }
+        match families.split_first() {
+            None => {}
+            Some((first, rest)) if rest.iter().all(|f| f == first) => {
+                matches.push(Match::IpVersion(*first));
+            }
+            Some(_) => matches.push(Match::Never),
+        }
+        if let Some(protocol) = rule.protocol {
+            matches.push(Match::Protocol {
+                protocol,
+                negated: false,
+            });
+        }
+        if let Some(protocol) = rule.not_protocol {
+            matches.push(Match::Protocol {
+                protocol,
+                negated: true,
+            });
+        }
+        if let Some(icmp) = rule.icmp {
+            matches.push(Match::Icmp {
+                icmp,
+                negated: false,
+            });
+        }
+        if let Some(icmp) = rule.not_icmp {
+            matches.push(Match::Icmp {
+                icmp,
+                negated: true,
+            });
+        }
+        self.entity(&rule.source, Side::Source, policy_namespace, &mut matches);
+        self.entity(
+            &rule.destination,
+            Side::Destination,
+            policy_namespace,
+            &mut matches,
+        );
+        CompiledRule {
+            action: rule.action,
+            matches,
+        }
+    }
+
+    fn entity(
+        &mut self,
+        entity: &EntityRule,
+        side: Side,
+        policy_namespace: Option<&str>,
+        out: &mut Vec<Match>,
+    ) {
+        if !entity.nets.is_empty() {
+            out.push(Match::Nets {
+                side,
+                nets: entity.nets.clone(),
+                negated: false,
+            });
+        }
+        if !entity.not_nets.is_empty() {
+            out.push(Match::Nets {
+                side,
+                nets: entity.not_nets.clone(),
+                negated: true,
+            });
+        }
+        let resolved = self.set.resolve_entity(entity, policy_namespace);
+        if let Some(selected) = resolved.selected {
+            let set = self.set_id(SetContents::Nets(selected));
+            out.push(Match::Set {
+                side,
+                set,
+                negated: false,
+            });
+        }
+        if entity.not_selector.is_some() {
+            let set = self.set_id(SetContents::Nets(resolved.excluded));
+            out.push(Match::Set {
+                side,
+                set,
+                negated: true,
+            });
+        }
+        let mut named_ports = resolved.named_ports;
+        for (ports, negated) in [(&entity.ports, false), (&entity.not_ports, true)] {
+            if ports.is_empty() {
+                continue;
+            }
+            let mut ranges = Vec::new();
+            let mut named = Vec::new();
+            for port in ports {
+                match port {
+                    Port::Number(p) => ranges.push((*p, *p)),
+                    Port::Range(start, end) => ranges.push((*start, *end)),
+                    Port::Named(name) => {
+                        let members = named_ports.remove(name).unwrap_or_default();
+                        named.push(self.set_id(SetContents::NamedPorts(members)));
+                    }
+                }
+            }
+            out.push(Match::Ports {
+                side,
+                ranges,
+                named,
+                negated,
+            });
+        }
+    }
+}
+
+impl Program {
+    /// Interprets the program for `packet` leaving endpoint `from` and entering `to` (keys of
+    /// [`Program::endpoints`]; `None`, or a key not in the program: outside this program).
+    pub fn verdict(&self, packet: &Packet, from: Option<&str>, to: Option<&str>) -> Trace {
+        let side = |key: Option<&str>, direction: Direction| {
+            let key = key?;
+            let endpoint = self.endpoints.get(key)?;
+            let program = match direction {
+                Direction::Ingress => &endpoint.ingress,
+                Direction::Egress => &endpoint.egress,
+            };
+            Some(self.evaluate(key, program, direction, packet))
+        };
+        let egress = side(from, Direction::Egress);
+        let ingress = side(to, Direction::Ingress);
+        let allowed = [&egress, &ingress]
+            .into_iter()
+            .flatten()
+            .all(|s| s.verdict == Verdict::Allow);
+        Trace {
+            verdict: if allowed {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            },
+            egress,
+            ingress,
+        }
+    }
+
+    fn evaluate(
+        &self,
+        key: &str,
+        program: &DirectionProgram,
+        direction: Direction,
+        packet: &Packet,
+    ) -> DirectionTrace {
+        let tiers: Vec<String> = program.tiers.iter().map(|t| t.tier.clone()).collect();
+        let mut steps = Vec::new();
+        let finish = |verdict, decided_by, steps| DirectionTrace {
+            endpoint: key.to_string(),
+            verdict,
+            decided_by,
+            tiers: tiers.clone(),
+            steps,
+        };
+        'tiers: for tier in &program.tiers {
+            for policy_key in &tier.policies {
+                let Some(policy) = self.policies.get(policy_key) else {
+                    continue;
+                };
+                let rules = match direction {
+                    Direction::Ingress => &policy.ingress,
+                    Direction::Egress => &policy.egress,
+                };
+                for (index, rule) in rules.iter().enumerate() {
+                    if !self.rule_matches(rule, packet) {
+                        continue;
+                    }
+                    let at = RuleRef::Policy {
+                        tier: tier.tier.clone(),
+                        namespace: policy.namespace.clone(),
+                        policy: policy.name.clone(),
+                        index,
+                    };
+                    match rule.action {
+                        Action::Allow | Action::Deny => {
+                            let verdict = if rule.action == Action::Allow {
+                                Verdict::Allow
+                            } else {
+                                Verdict::Deny
+                            };
+                            return finish(
+                                verdict,
+                                Decision::Rule {
+                                    rule: at,
+                                    action: rule.action,
+                                },
+                                steps,
+                            );
+                        }
+                        Action::Log => steps.push(Step::Log(at)),
+                        Action::Pass => {
+                            steps.push(Step::Pass(at));
+                            continue 'tiers;
+                        }
+                    }
+                }
+            }
+            match tier.default_action {
+                TierDefaultAction::Deny => {
+                    return finish(
+                        Verdict::Deny,
+                        Decision::EndOfTier {
+                            tier: tier.tier.clone(),
+                        },
+                        steps,
+                    );
+                }
+                TierDefaultAction::Pass => steps.push(Step::EndOfTierPass {
+                    tier: tier.tier.clone(),
+                }),
+            }
+        }
+        for name in &program.profiles {
+            let Some(profile) = self.profiles.get(name) else {
+                steps.push(Step::MissingProfile {
+                    profile: name.clone(),
+                });
+                continue;
+            };
+            let rules = match direction {
+                Direction::Ingress => &profile.ingress,
+                Direction::Egress => &profile.egress,
+            };
+            for (index, rule) in rules.iter().enumerate() {
+                if !self.rule_matches(rule, packet) {
+                    continue;
+                }
+                let at = RuleRef::Profile {
+                    profile: name.clone(),
+                    index,
+                };
+                match rule.action {
+                    Action::Allow | Action::Deny => {
+                        let verdict = if rule.action == Action::Allow {
+                            Verdict::Allow
+                        } else {
+                            Verdict::Deny
+                        };
+                        return finish(
+                            verdict,
+                            Decision::Rule {
+                                rule: at,
+                                action: rule.action,
+                            },
+                            steps,
+                        );
+                    }
+                    Action::Log => steps.push(Step::Log(at)),
+                    Action::Pass => {
+                        steps.push(Step::Pass(at));
+                        break;
+                    }
+                }
+            }
+        }
+        finish(Verdict::Deny, Decision::NoProfileMatched, steps)
+    }
+
+    /// Whether every match of `rule` holds for `packet`.
+    pub fn rule_matches(&self, rule: &CompiledRule, packet: &Packet) -> bool {
+        rule.matches.iter().all(|m| self.match_holds(m, packet))
+    }
+
+    fn match_holds(&self, m: &Match, packet: &Packet) -> bool {
+        let address = |side: &Side| -> IpAddr {
+            match side {
+                Side::Source => packet.src_ip,
+                Side::Destination => packet.dst_ip,
+            }
+        };
+        match m {
+            Match::Never => false,
+            Match::IpVersion(family) => IpVersion::of(packet.src_ip) == *family,
+            Match::Protocol { protocol, negated } => (packet.protocol == *protocol) != *negated,
+            Match::Icmp { icmp, negated } => {
+                let hit =
+                    packet.protocol.is_icmp() && icmp.matches(packet.icmp_type, packet.icmp_code);
+                hit != *negated
+            }
+            Match::Nets {
+                side,
+                nets,
+                negated,
+            } => {
+                let ip = address(side);
+                nets.iter().any(|n| n.contains(&ip)) != *negated
+            }
+            Match::Set { side, set, negated } => {
+                let ip = address(side);
+                let hit = self
+                    .ip_sets
+                    .get(set)
+                    .is_some_and(|nets| nets.iter().any(|n| n.contains(&ip)));
+                hit != *negated
+            }
+            Match::Ports {
+                side,
+                ranges,
+                named,
+                negated,
+            } => {
+                let ip = address(side);
+                let port = match side {
+                    Side::Source => packet.src_port,
+                    Side::Destination => packet.dst_port,
+                };
+                let hit = packet.protocol.has_ports()
+                    && port.is_some_and(|port| {
+                        ranges
+                            .iter()
+                            .any(|(start, end)| (*start..=*end).contains(&port))
+                            || named.iter().any(|id| {
+                                self.named_port_sets.get(id).is_some_and(|members| {
+                                    members.iter().any(|m| {
+                                        m.net.contains(&ip)
+                                            && m.protocol == packet.protocol
+                                            && m.port == port
+                                    })
+                                })
+                            })
+                    });
+                hit != *negated
+            }
+        }
+    }
+}

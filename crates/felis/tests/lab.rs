@@ -1,0 +1,238 @@
+//! `felis lab` end to end, as a user runs it: hosts in network namespaces, agents, workloads
+//! attached through the CNI plugin, and the emulated VPC's drops. Needs root (CI runs as root);
+//! every test makes its own uniquely named lab and removes it on drop, even on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::process::Command;
+use std::process::Output;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    /// `felis lab up --name <unique> ARGS`, or `None` when not root.
+    fn up(args: &[&str]) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("skipped: needs root to make network namespaces");
+            return None;
+        }
+        let name = format!(
+            "l{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = Lab { name };
+        let out = lab.felis(&[&["lab", "up", "--name", &lab.name], args].concat());
+        assert!(
+            out.status.success(),
+            "lab up: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        Some(lab)
+    }
+
+    fn felis(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_felis"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn check(&self) -> serde_json::Value {
+        let out = self.felis(&["lab", "check", "--name", &self.name, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn ip(&self, host: &str, args: &str) -> String {
+        let netns = format!("{}.{host}", self.name);
+        let out = Command::new("ip")
+            .args(["-n", &netns])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.felis(&["lab", "down", "--name", &self.name]);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Hosts h1, h3 are in subnet 1 and h2 in subnet 2 (round-robin).
+fn subnet_of(workload: &str) -> u8 {
+    match &workload[..2] {
+        "h2" => 2,
+        _ => 1,
+    }
+}
+
+#[test]
+fn vxlan_cross_subnet_lab_connects_every_workload_pair_and_the_internet() {
+    let Some(lab) = Lab::up(&["--hosts", "3", "--subnets", "2", "--workloads", "2"]) else {
+        return;
+    };
+    let report = lab.check();
+    assert_eq!(report["failed"], 0, "{report:#}");
+    assert_eq!(report["passed"], 36);
+    // Within a subnet the route is direct; across subnets it goes through vxlan.calico.
+    let routes = lab.ip("h1", "route");
+    let ps: serde_json::Value = serde_json::from_slice(
+        &lab.felis(&["lab", "ps", "--name", &lab.name, "-o", "json"])
+            .stdout,
+    )
+    .unwrap();
+    let address_of = |w: &str| {
+        ps["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == w)
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let h3_block = address_of("h3-w1");
+    let h2_block = address_of("h2-w1");
+    let route_for = |addr: &str| {
+        let prefix: Vec<&str> = addr.split('.').take(3).collect();
+        routes
+            .lines()
+            .find(|l| l.starts_with(&prefix.join(".")))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        route_for(&h3_block).contains("dev eth0"),
+        "same subnet is direct: {routes}"
+    );
+    assert!(
+        route_for(&h2_block).contains("dev vxlan.calico"),
+        "across subnets is VXLAN: {routes}"
+    );
+}
+
+#[test]
+fn without_encapsulation_only_same_subnet_pairs_connect_as_on_aws() {
+    let Some(lab) = Lab::up(&["--pool-mode", "none"]) else {
+        return;
+    };
+    let report = lab.check();
+    for probe in report["probes"].as_array().unwrap() {
+        let (from, to) = (
+            probe["from"].as_str().unwrap(),
+            probe["to"].as_str().unwrap(),
+        );
+        let expected = to == "internet" || subnet_of(from) == subnet_of(to);
+        assert_eq!(probe["ok"], expected, "{from} -> {to}");
+    }
+}
+
+#[test]
+fn source_destination_checks_block_unencapsulated_pods_until_disabled() {
+    let Some(lab) = Lab::up(&[
+        "--hosts",
+        "2",
+        "--subnets",
+        "1",
+        "--workloads",
+        "1",
+        "--pool-mode",
+        "none",
+        "--src-dst-check",
+        "on",
+    ]) else {
+        return;
+    };
+    let report = lab.check();
+    let pair = |r: &serde_json::Value| {
+        r["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["from"] == "h1-w1" && p["to"] == "h2-w1")
+            .unwrap()["ok"]
+            .clone()
+    };
+    assert_eq!(
+        pair(&report),
+        false,
+        "the check drops foreign source addresses"
+    );
+    for host in ["h1", "h2"] {
+        let out = lab.felis(&["lab", "src-dst-check", "--name", &lab.name, host, "off"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(
+        pair(&lab.check()),
+        true,
+        "with the checks off, pods talk directly"
+    );
+}
+
+#[test]
+fn lab_commands_name_their_lab_and_fail_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_felis"))
+        .args(["lab", "ps", "--name", "nosuchlab"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nosuchlab"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_felis"))
+        .args(["lab", "up", "--name", "Bad.Name"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--name"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn lab_exec_runs_in_a_workload() {
+    let Some(lab) = Lab::up(&["--hosts", "1", "--subnets", "1", "--workloads", "1"]) else {
+        return;
+    };
+    let out = lab.felis(&[
+        "lab", "exec", "--name", &lab.name, "h1-w1", "--", "ip", "-4", "route",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("default via 169.254.1.1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = lab.felis(&["lab", "exec", "--name", &lab.name, "h1-w1", "--", "false"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the command's exit code comes back"
+    );
+}
