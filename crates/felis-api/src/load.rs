@@ -139,10 +139,23 @@ pub fn parse_documents(
                     out.push(r);
                 }
             }
-            Value::Object(ref o) if o.get("kind").and_then(Value::as_str) == Some("List") => {
+            Value::Object(ref o)
+                if o.get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(is_list_kind) =>
+            {
                 let Value::Object(mut o) = doc.value else {
                     continue;
                 };
+                // A typed list (`IPPoolList`, as `get -o yaml` prints several resources) gives its
+                // items that kind and apiVersion when they do not say.
+                let item_kind = o
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .and_then(|k| k.strip_suffix("List"))
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string);
+                let item_api_version = o.get("apiVersion").cloned();
                 let items = match o.remove("items") {
                     Some(Value::Array(items)) => items,
                     Some(Value::Null) | None => Vec::new(),
@@ -150,7 +163,17 @@ pub fn parse_documents(
                         return Err(invalid(ValidationError::new("items", "expected a list")));
                     }
                 };
-                for (i, item) in items.into_iter().enumerate() {
+                for (i, mut item) in items.into_iter().enumerate() {
+                    if let (Some(kind), Value::Object(fields)) = (&item_kind, &mut item) {
+                        fields
+                            .entry("kind")
+                            .or_insert_with(|| Value::String(kind.clone()));
+                        if let Some(api_version) = &item_api_version {
+                            fields
+                                .entry("apiVersion")
+                                .or_insert_with(|| api_version.clone());
+                        }
+                    }
                     let r = Resource::from_value_in(item, default_namespace)
                         .map_err(|e| invalid(e.within(&format!("items[{i}]"))))?;
                     out.push(r);
@@ -160,6 +183,14 @@ pub fn parse_documents(
         }
     }
     Ok(out)
+}
+
+/// `List`, or a typed list of a known kind such as `IPPoolList`.
+fn is_list_kind(kind: &str) -> bool {
+    kind == "List"
+        || kind
+            .strip_suffix("List")
+            .is_some_and(|k| crate::Kind::all().iter().any(|known| known.name() == k))
 }
 
 /// One non-empty document and the line its content starts on; for YAML also its text and the
@@ -519,5 +550,19 @@ spec:
         // Missing parts: the deepest part found.
         assert_eq!(field_line(text, "spec.ingress[1].source"), Some(5));
         assert_eq!(field_line(text, "spec.types"), Some(1));
+    }
+}
+
+#[cfg(test)]
+mod typed_list_tests {
+    use super::*;
+
+    #[test]
+    fn typed_lists_as_get_prints_them_load_back() {
+        let text = "apiVersion: projectcalico.org/v3\nkind: IPPoolList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: IPPool\n  metadata:\n    name: a\n  spec:\n    cidr: 10.1.0.0/16\n- metadata:\n    name: b\n  spec:\n    cidr: 10.2.0.0/16\n";
+        let resources = parse_documents(text, None).unwrap();
+        assert_eq!(resources.len(), 2);
+        assert!(resources.iter().all(|r| r.kind() == crate::Kind::IpPool));
+        assert!(parse_documents("apiVersion: v1\nkind: BananaList\nitems: []\n", None).is_err());
     }
 }

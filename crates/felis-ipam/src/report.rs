@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use felis_api::Kind;
 use felis_store::TxnOp;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -46,6 +47,8 @@ pub struct Snapshot {
     pub handles: BTreeMap<String, Handle>,
     /// Names of every Node resource.
     pub nodes: BTreeSet<String>,
+    /// Addresses of every WorkloadEndpoint (`spec.ipNetworks`) → `<namespace>/<name>`.
+    pub workloads: BTreeMap<IpAddr, String>,
 }
 
 /// Usage of one block.
@@ -173,6 +176,15 @@ pub struct AffinityProblem {
     pub reason: String,
 }
 
+/// An address and the workload it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkloadAddress {
+    /// The address.
+    pub ip: IpAddr,
+    /// The WorkloadEndpoint (`<namespace>/<name>`), or the pod attribute of the allocation.
+    pub workload: String,
+}
+
 /// The result of `ipam check` (written as JSON by `-o FILE`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckReport {
@@ -194,6 +206,14 @@ pub struct CheckReport {
     pub outside_pools: Vec<OutsidePool>,
     /// Blocks affine to nodes that do not exist, and affinity records that disagree.
     pub affinity_problems: Vec<AffinityProblem>,
+    /// Addresses a WorkloadEndpoint uses, inside a pool, that IPAM has not allocated.
+    #[serde(default)]
+    pub in_use_not_allocated: Vec<WorkloadAddress>,
+    /// Informational, not counted as problems: addresses allocated to a pod (`pod` attribute)
+    /// that no WorkloadEndpoint uses. Calico calls these leaks after a grace period (15 min),
+    /// because a CNI ADD writes the endpoint only after allocating.
+    #[serde(default)]
+    pub allocated_without_workload: Vec<WorkloadAddress>,
 }
 
 impl CheckReport {
@@ -203,6 +223,7 @@ impl CheckReport {
             + self.handle_mismatches.len()
             + self.outside_pools.len()
             + self.affinity_problems.len()
+            + self.in_use_not_allocated.len()
     }
 
     /// The printable summary, ending with `Check complete; found N problems.`.
@@ -258,6 +279,21 @@ impl CheckReport {
         );
         for a in &self.affinity_problems {
             let _ = writeln!(out, "  {} for node {}: {}", a.block, a.node, a.reason);
+        }
+        let _ = writeln!(
+            out,
+            "Found {} IPs in use by workloads but not allocated.",
+            self.in_use_not_allocated.len()
+        );
+        for w in &self.in_use_not_allocated {
+            let _ = writeln!(out, "  {} used by {}", w.ip, w.workload);
+        }
+        if !self.allocated_without_workload.is_empty() {
+            let _ = writeln!(
+                out,
+                "Found {} IPs allocated to pods without a WorkloadEndpoint (possible leaks).",
+                self.allocated_without_workload.len()
+            );
         }
         let _ = write!(out, "Check complete; found {} problems.", self.problems());
         out
@@ -596,6 +632,34 @@ impl Snapshot {
                 });
             }
         }
+        let allocated: BTreeSet<IpAddr> = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.allocated().map(|a| a.ip))
+            .collect();
+        for (ip, workload) in &self.workloads {
+            if !allocated.contains(ip) && self.context.pool_of(*ip).is_some() {
+                report.in_use_not_allocated.push(WorkloadAddress {
+                    ip: *ip,
+                    workload: workload.clone(),
+                });
+            }
+        }
+        for block in &self.blocks {
+            for a in block.allocated() {
+                if let Some(pod) = a.secondary(attr::POD)
+                    && !self.workloads.contains_key(&a.ip)
+                {
+                    let workload = match a.secondary(attr::NAMESPACE) {
+                        Some(ns) => format!("{ns}/{pod}"),
+                        None => pod.to_string(),
+                    };
+                    report
+                        .allocated_without_workload
+                        .push(WorkloadAddress { ip: a.ip, workload });
+                }
+            }
+        }
         let mut by_node: Vec<(String, usize)> = by_node.into_iter().collect();
         by_node.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         report.allocations_by_node = by_node;
@@ -621,6 +685,25 @@ impl Ipam<'_> {
                 snapshot.handles.insert(id.to_string(), handle);
             } else if let Some((node, block)) = parse_affinity_key(&kv.key) {
                 snapshot.affinities.push((node, block, decode(&kv)?));
+            }
+        }
+        let prefix = Kind::WorkloadEndpoint.key_prefix();
+        for kv in self.list(&prefix)? {
+            let value: serde_json::Value =
+                serde_json::from_slice(&kv.value).map_err(|source| Error::Malformed {
+                    key: kv.key.clone(),
+                    source,
+                })?;
+            let name = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_string();
+            let networks = value.pointer("/spec/ipNetworks").and_then(|v| v.as_array());
+            for net in networks.into_iter().flatten().filter_map(|v| v.as_str()) {
+                let ip = net
+                    .parse::<IpNet>()
+                    .map(|n| n.addr())
+                    .or_else(|_| net.parse::<IpAddr>());
+                if let Ok(ip) = ip {
+                    snapshot.workloads.insert(ip, name.clone());
+                }
             }
         }
         for kv in self.list(NODE_PREFIX)? {

@@ -666,3 +666,54 @@ fn ipam_configuration_resource_and_configure_agree() {
         serde_json::json!({"strict_affinity": true, "auto_allocate_blocks": true, "maxBlocksPerHost": 7})
     );
 }
+
+#[test]
+fn check_compares_allocations_with_workload_endpoints() {
+    let store = store_with(&[pool("p", "10.0.0.0/24", 26)], &["n1"]);
+    let ipam = Ipam::new(&store);
+    let mut req = AutoAssignRequest::v4("n1", "k8s-pod-network.c1", 1);
+    req.attributes.insert("namespace".into(), "default".into());
+    req.attributes.insert("pod".into(), "web".into());
+    let got = ipam.auto_assign(&req, now(), &mut rng(1)).unwrap();
+    let report = ipam.check().unwrap();
+    assert_eq!(report.problems(), 0);
+    assert_eq!(report.allocated_without_workload.len(), 1);
+    assert_eq!(report.allocated_without_workload[0].workload, "default/web");
+    let wep = |name: &str, ip: &str| {
+        serde_json::json!({
+            "apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"node": "n1", "pod": name, "ipNetworks": [format!("{ip}/32")]},
+        })
+        .to_string()
+    };
+    let prefix = "/calico/resources/v3/projectcalico.org/workloadendpoints/default/";
+    let web = wep("n1-k8s-web-eth0", &got.v4[0].addr().to_string());
+    store
+        .create(&format!("{prefix}n1-k8s-web-eth0"), web.as_bytes())
+        .unwrap();
+    store
+        .create(
+            &format!("{prefix}n1-k8s-rogue-eth0"),
+            wep("n1-k8s-rogue-eth0", "10.0.0.250").as_bytes(),
+        )
+        .unwrap();
+    store
+        .create(
+            &format!("{prefix}n1-k8s-noipam-eth0"),
+            wep("n1-k8s-noipam-eth0", "192.168.9.9").as_bytes(),
+        )
+        .unwrap();
+    let report = ipam.check().unwrap();
+    assert!(report.allocated_without_workload.is_empty());
+    assert_eq!(report.in_use_not_allocated.len(), 1, "{}", report.summary());
+    assert_eq!(
+        report.in_use_not_allocated[0].workload,
+        "default/n1-k8s-rogue-eth0"
+    );
+    assert!(
+        report
+            .summary()
+            .ends_with("Check complete; found 1 problems.")
+    );
+}

@@ -170,6 +170,14 @@ fn connect(path: &Path, create: bool, durability: Durability) -> Result<Connecti
 /// Creates the tables on a new file and checks that an existing file is a Felis store.
 fn init_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
     let context = || format!("initialising datastore file {}", path.display());
+    // Fast path, without the write lock: a file that is already a Felis store of this schema
+    // needs nothing. Under many busy writers (CNI processes) a write lock at open can wait long.
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |row| row.get(0))
+        .map_err(|e| sql_error(context(), e))?;
+    if app_id == APPLICATION_ID && meta(conn, "schema_version").ok() == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| sql_error(context(), e))?;
     let result = (|| -> Result<(), Error> {

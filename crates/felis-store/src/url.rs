@@ -17,11 +17,13 @@ const ETCD_DEFAULT_PORT: u16 = 2379;
 /// When an embedded-store commit reaches the disk (SQLite `synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Every commit is fsynced before it returns (`synchronous=FULL`); the default.
-    #[default]
+    /// Every commit is fsynced before it returns (`synchronous=FULL`, `file:///path?sync=full`).
     Full,
-    /// Commits survive a process crash but the last ones may be lost on power failure
-    /// (`synchronous=NORMAL`, `file:///path?sync=normal`); several times faster on slow disks.
+    /// Commits are atomic and survive any process crash (a killed agent or CNI plugin loses
+    /// nothing), but the last ones may be lost on power failure or an OS crash
+    /// (`synchronous=NORMAL` in WAL mode; `file:///path?sync=normal`). The default: several
+    /// times faster on slow disks, and what a one-machine store needs.
+    #[default]
     Normal,
 }
 
@@ -284,11 +286,15 @@ mod tests {
     fn parses_file_urls() {
         assert_eq!(
             DatastoreUrl::parse("file:///var/lib/felis/felis.db").unwrap(),
-            DatastoreUrl::File(PathBuf::from("/var/lib/felis/felis.db"), Durability::Full)
+            DatastoreUrl::File(PathBuf::from("/var/lib/felis/felis.db"), Durability::Normal)
         );
         assert_eq!(
             DatastoreUrl::parse("file:///tmp/x.db?sync=normal").unwrap(),
             DatastoreUrl::File(PathBuf::from("/tmp/x.db"), Durability::Normal)
+        );
+        assert_eq!(
+            DatastoreUrl::parse("file:///tmp/x.db?sync=full").unwrap(),
+            DatastoreUrl::File(PathBuf::from("/tmp/x.db"), Durability::Full)
         );
         for bad in [
             "file://",

@@ -1146,10 +1146,7 @@ macro_rules! conformance {
 
 conformance!(sqlite, SqliteFixture::new());
 conformance!(memory, MemoryFixture::default());
-conformance!(
-    sqlite_sync_normal,
-    SqliteFixture::with_options("?sync=normal")
-);
+conformance!(sqlite_sync_full, SqliteFixture::with_options("?sync=full"));
 conformance!(etcd, EtcdFixture::new());
 
 // Backend-specific checks that don't fit the shared cases.

@@ -14,12 +14,10 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::io::Write;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use felis_api::Kind;
-use felis_api::ObjectMeta;
 use felis_api::Resource;
 use felis_client::Client;
 use felis_cni::CniEnv;
@@ -214,23 +212,6 @@ impl IpamClient for Ipam {
     }
 }
 
-/// Calico's WorkloadEndpoint name: `<node>-k8s-<pod>-<endpoint>` (or `-cni-<container id>-`),
-/// each part with its dashes doubled.
-pub fn workload_endpoint_name(
-    node: &str,
-    orchestrator: &str,
-    workload: &str,
-    endpoint: &str,
-) -> String {
-    let esc = |s: &str| s.replace('-', "--");
-    format!(
-        "{}-{orchestrator}-{}-{}",
-        esc(node),
-        esc(workload),
-        esc(endpoint)
-    )
-}
-
 /// The WorkloadEndpoint for a workload just set up.
 fn workload_endpoint(
     env: &CniEnv,
@@ -251,7 +232,8 @@ fn workload_endpoint(
         .unwrap_or_default();
     labels.insert("projectcalico.org/namespace".into(), namespace.clone());
     labels.insert("projectcalico.org/orchestrator".into(), orchestrator.into());
-    let name = workload_endpoint_name(node, orchestrator, &workload, &env.ifname);
+    let name =
+        felis_api::endpoint::workload_endpoint_name(node, orchestrator, &workload, &env.ifname);
     let value = serde_json::json!({
         "apiVersion": "projectcalico.org/v3",
         "kind": "WorkloadEndpoint",
@@ -269,7 +251,6 @@ fn workload_endpoint(
             "mac": container.and_then(|c| c.mac.clone()).unwrap_or_default(),
         }
     });
-    let _ = ObjectMeta::default;
     Resource::from_value(value).map_err(|e| Error::InvalidConfig {
         field: "WorkloadEndpoint".into(),
         reason: e.to_string(),
@@ -280,11 +261,16 @@ fn wep_identity(env: &CniEnv, node: &str) -> (String, String) {
     match env.args.k8s_pod() {
         Some((namespace, pod)) => (
             namespace.to_string(),
-            workload_endpoint_name(node, "k8s", pod, &env.ifname),
+            felis_api::endpoint::workload_endpoint_name(node, "k8s", pod, &env.ifname),
         ),
         None => (
             "default".to_string(),
-            workload_endpoint_name(node, "cni", &env.container_id, &env.ifname),
+            felis_api::endpoint::workload_endpoint_name(
+                node,
+                "cni",
+                &env.container_id,
+                &env.ifname,
+            ),
         ),
     }
 }
@@ -370,58 +356,7 @@ fn delete_endpoint(env: &CniEnv, config: &NetworkConfig) -> Result<(), Error> {
 
 /// The IPAM plugin process (`felis-ipam`): returns the exit code.
 pub fn run_ipam_plugin() -> i32 {
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let mut stdin = Vec::new();
-    if let Err(source) = std::io::stdin().read_to_end(&mut stdin) {
-        let e = Error::Io {
-            action: "reading the network configuration from stdin".into(),
-            source,
-        };
-        return print_error(&e, None);
-    }
-    let env = match CniEnv::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-        Ok(env) => env,
-        Err(e) => return print_error(&e, None),
-    };
-    if env.command == Command::Version {
-        let requested = serde_json::from_slice::<Value>(&stdin).ok();
-        let requested = requested
-            .as_ref()
-            .and_then(|v| v.get("cniVersion"))
-            .and_then(Value::as_str);
-        println!("{}", felis_cni::version::version_info(requested));
-        return 0;
-    }
-    let config = match NetworkConfig::parse(&stdin) {
-        Ok(c) => c,
-        Err(e) => return print_error(&e, None),
-    };
-    let version = match config.version() {
-        Ok(v) => v,
-        Err(e) => return print_error(&e, Some(&config)),
-    };
-    let handle = felis_cni::naming::ipam_handle(&config.name, &env.container_id);
-    let request = IpamRequest {
-        env: &env,
-        config: &config,
-        raw_config: &stdin,
-        handle: &handle,
-    };
-    let outcome = match env.command {
-        Command::Add => FelisIpam.add(&request).map(|r| Some(r.to_json(version))),
-        Command::Del => FelisIpam.del(&request).map(|()| None),
-        Command::Check => FelisIpam.check(&request).map(|()| None),
-        Command::Status => FelisIpam.status(&config).map(|()| None),
-        Command::Gc | Command::Version => Ok(None),
-    };
-    match outcome {
-        Ok(Some(json)) => {
-            println!("{json}");
-            0
-        }
-        Ok(None) => 0,
-        Err(e) => print_error(&e, Some(&config)),
-    }
+    felis_cni::run_ipam_process(&FelisIpam)
 }
 
 fn print_error(e: &Error, config: Option<&NetworkConfig>) -> i32 {
@@ -431,9 +366,4 @@ fn print_error(e: &Error, config: Option<&NetworkConfig>) -> i32 {
         .unwrap_or_else(|| CniVersion::LATEST.as_str().to_string());
     println!("{}", CniError::from(e).with_version(&version).to_json());
     1
-}
-
-/// Whether an address is one this invocation asked for (used by tests).
-pub fn is_requested(env: &CniEnv, ip: IpAddr) -> bool {
-    env.args.ips.contains(&ip)
 }
