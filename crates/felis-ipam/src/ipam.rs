@@ -162,6 +162,43 @@ pub struct Ipam<'s> {
     store: &'s dyn Datastore,
     /// Compare-and-swap attempts per record before [`Error::TooManyConflicts`].
     pub max_attempts: u32,
+    /// When set, `check` counts an address allocated to a pod that has no WorkloadEndpoint as
+    /// leaked once its allocation is older than the grace period (Calico: 15 min, because a CNI
+    /// ADD writes the endpoint only after allocating); unset, such addresses are only listed.
+    pub workload_grace: Option<WorkloadGrace>,
+}
+
+/// The clock reading and grace period for [`Ipam::workload_grace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadGrace {
+    /// Now.
+    pub now: SystemTime,
+    /// How old an allocation without a WorkloadEndpoint must be to count as leaked.
+    pub grace: Duration,
+}
+
+/// Parses the `timestamp` attribute ([`format_timestamp`]'s `YYYY-MM-DDTHH:MM:SSZ`).
+pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Formats `now` as RFC 3339 UTC (`2026-11-27T06:30:00Z`) for the `timestamp` attribute.
@@ -225,6 +262,7 @@ impl<'s> Ipam<'s> {
         Ipam {
             store,
             max_attempts: 100,
+            workload_grace: None,
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub nodes: BTreeSet<String>,
     /// Addresses of every WorkloadEndpoint (`spec.ipNetworks`) → `<namespace>/<name>`.
     pub workloads: BTreeMap<IpAddr, String>,
+    /// See [`Ipam::workload_grace`].
+    pub workload_grace: Option<crate::ipam::WorkloadGrace>,
 }
 
 /// Usage of one block.
@@ -654,9 +656,31 @@ impl Snapshot {
                         Some(ns) => format!("{ns}/{pod}"),
                         None => pod.to_string(),
                     };
-                    report
-                        .allocated_without_workload
-                        .push(WorkloadAddress { ip: a.ip, workload });
+                    // Past the grace period, an allocation whose pod never got (or lost) its
+                    // endpoint is a leak: e.g. a CNI ADD killed between IPAM and the endpoint.
+                    let allocated_at = a
+                        .secondary(attr::TIMESTAMP)
+                        .and_then(crate::ipam::parse_timestamp);
+                    let expired = self.workload_grace.is_some_and(|g| {
+                        allocated_at
+                            .is_none_or(|t| g.now.duration_since(t).is_ok_and(|age| age >= g.grace))
+                    });
+                    if expired {
+                        report.leaked.push(LeakedAddress {
+                            ip: a.ip,
+                            block: block.cidr,
+                            handle: a.handle().map(str::to_string),
+                            sequence_number: a.sequence_number,
+                            node: a.secondary(attr::NODE).map(str::to_string),
+                            reason: format!(
+                                "allocated to pod {workload}, which has no WorkloadEndpoint, for longer than the grace period"
+                            ),
+                        });
+                    } else {
+                        report
+                            .allocated_without_workload
+                            .push(WorkloadAddress { ip: a.ip, workload });
+                    }
                 }
             }
         }
@@ -673,6 +697,7 @@ impl Ipam<'_> {
         let context = self.context()?;
         let mut snapshot = Snapshot {
             context,
+            workload_grace: self.workload_grace,
             ..Snapshot::default()
         };
         let assignment = format!("{IPAM_PREFIX}assignment/");
@@ -804,11 +829,31 @@ impl Ipam<'_> {
                 return Ok(false);
             }
             block.release(&[leak.ip]);
-            let ops = [TxnOp::Update {
+            let mut ops = vec![TxnOp::Update {
                 key: key.clone(),
                 value: encode(&key, &block)?,
                 expected: Some(kv.mod_revision),
             }];
+            // The handle that still counts the address gives it up in the same transaction.
+            if let Some(id) = &leak.handle {
+                let handle_key = handle_key(id);
+                if let Some(hkv) = self.get(&handle_key)? {
+                    let mut handle: Handle = decode(&hkv)?;
+                    handle.decrement(&leak.block, 1);
+                    ops.push(if handle.total() == 0 {
+                        TxnOp::Delete {
+                            key: handle_key,
+                            expected: Some(hkv.mod_revision),
+                        }
+                    } else {
+                        TxnOp::Update {
+                            value: encode(&handle_key, &handle)?,
+                            key: handle_key,
+                            expected: Some(hkv.mod_revision),
+                        }
+                    });
+                }
+            }
             if self.commit(&ops)? {
                 return Ok(true);
             }

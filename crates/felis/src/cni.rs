@@ -354,6 +354,58 @@ fn delete_endpoint(env: &CniEnv, config: &NetworkConfig) -> Result<(), Error> {
         })
 }
 
+/// The sample network configuration list `install` writes.
+pub fn sample_conflist(datastore: &str, nodename: Option<&str>) -> Value {
+    let mut plugin = serde_json::json!({
+        "type": "felis",
+        "datastore": datastore,
+        "mtu": 0,
+        "ipam": {"type": "felis-ipam"},
+    });
+    if let (Some(name), Value::Object(fields)) = (nodename, &mut plugin) {
+        fields.insert("nodename".into(), Value::String(name.to_string()));
+    }
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "plugins": [plugin],
+    })
+}
+
+/// Installs the plugin: the running binary copied to `<bin_dir>/felis`, the link
+/// `<bin_dir>/felis-ipam` to it, and (when `conf` is given) the sample configuration list. Each
+/// file is written to a temporary name and renamed, so a runtime never sees half of one.
+pub fn install(
+    bin_dir: &std::path::Path,
+    conf: Option<&std::path::Path>,
+    datastore: &str,
+    nodename: Option<&str>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(bin_dir)?;
+    let me = std::env::current_exe()?;
+    let target = bin_dir.join("felis");
+    let tmp = bin_dir.join(".felis.tmp");
+    if me != target {
+        std::fs::copy(&me, &tmp)?;
+        std::fs::rename(&tmp, &target)?;
+    }
+    let link = bin_dir.join("felis-ipam");
+    let tmp_link = bin_dir.join(".felis-ipam.tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    std::os::unix::fs::symlink("felis", &tmp_link)?;
+    std::fs::rename(&tmp_link, &link)?;
+    if let Some(conf) = conf {
+        if let Some(dir) = conf.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(&sample_conflist(datastore, nodename))?;
+        let tmp = conf.with_extension("tmp");
+        std::fs::write(&tmp, text + "\n")?;
+        std::fs::rename(&tmp, conf)?;
+    }
+    Ok(())
+}
+
 /// The IPAM plugin process (`felis-ipam`): returns the exit code.
 pub fn run_ipam_plugin() -> i32 {
     felis_cni::run_ipam_process(&FelisIpam)

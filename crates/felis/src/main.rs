@@ -112,6 +112,26 @@ enum Command {
     /// A whole cluster in network namespaces on this machine, with an emulated AWS-like VPC.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Install the CNI plugin: the binary as `felis`, the `felis-ipam` link, and a network
+    /// configuration list.
+    InstallCni {
+        /// Where the runtime looks for CNI plugins.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// Where the runtime looks for network configurations.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The file name of the configuration list.
+        #[arg(long, default_value = "10-felis.conflist")]
+        conf_name: String,
+        /// Do not write a configuration list.
+        #[arg(long)]
+        no_conf: bool,
+        /// Node name to put in the configuration (default: the agent's nodename file, then
+        /// the host name, at each invocation).
+        #[arg(long)]
+        nodename: Option<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -152,6 +172,10 @@ enum IpamCommand {
         /// Write the report as JSON to this file.
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+        /// How long an address allocated to a pod may go without a WorkloadEndpoint before it
+        /// counts as leaked (a CNI ADD writes the endpoint after allocating): e.g. 15m, 30s, 0s.
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        grace_period: std::time::Duration,
     },
     /// Release addresses: one, or the problems found in every given report.
     Release {
@@ -161,6 +185,9 @@ enum IpamCommand {
         /// A report from `felis ipam check -o`; repeat to release only what all reports found.
         #[arg(long)]
         from_report: Vec<PathBuf>,
+        /// The grace period the reports were made with (see `ipam check`).
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        grace_period: std::time::Duration,
     },
     /// Change the IPAM configuration.
     Configure {
@@ -361,6 +388,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             selector_match(&selector, &labels)
         }
         Command::Lab(command) => lab(command),
+        Command::InstallCni {
+            bin_dir,
+            conf_dir,
+            conf_name,
+            no_conf,
+            nodename,
+        } => {
+            let datastore = felis_store::url_from_env(datastore.as_deref());
+            let conf = (!no_conf).then(|| conf_dir.join(&conf_name));
+            felis::cni::install(&bin_dir, conf.as_deref(), &datastore, nodename.as_deref())?;
+            println!(
+                "installed {}/felis and {}/felis-ipam",
+                bin_dir.display(),
+                bin_dir.display()
+            );
+            if let Some(conf) = conf {
+                println!("wrote {}", conf.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Node(NodeCommand::Run(args)) => node_run(datastore, args),
         Command::Ipam(command) => ipam(datastore, command),
         Command::Apply(args) => write(datastore, &args, WriteMode::Apply, "applied"),
@@ -479,7 +526,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn ipam(datastore: Option<String>, command: IpamCommand) -> anyhow::Result<ExitCode> {
     use felis_ipam::report;
     let store = open(datastore)?;
-    let ipam = felis_ipam::Ipam::new(store.as_ref());
+    let mut ipam = felis_ipam::Ipam::new(store.as_ref());
+    let grace = match &command {
+        IpamCommand::Check { grace_period, .. } | IpamCommand::Release { grace_period, .. } => {
+            Some(*grace_period)
+        }
+        _ => None,
+    };
+    #[allow(clippy::disallowed_methods)] // the CLI edge reads the clock
+    let now = std::time::SystemTime::now();
+    ipam.workload_grace = grace.map(|grace| felis_ipam::WorkloadGrace { now, grace });
     match command {
         IpamCommand::Show {
             ip,
@@ -497,7 +553,7 @@ fn ipam(datastore: Option<String>, command: IpamCommand) -> anyhow::Result<ExitC
                 print!("{}", report::render_show(&ipam.show()?, show_blocks));
             }
         }
-        IpamCommand::Check { output } => {
+        IpamCommand::Check { output, .. } => {
             let report = ipam.check()?;
             println!("{}", report.summary());
             if let Some(path) = output {
@@ -506,7 +562,9 @@ fn ipam(datastore: Option<String>, command: IpamCommand) -> anyhow::Result<ExitC
                 println!("Report written to {}", path.display());
             }
         }
-        IpamCommand::Release { ip, from_report } => {
+        IpamCommand::Release {
+            ip, from_report, ..
+        } => {
             if let Some(ip) = ip {
                 let not_allocated = ipam.release_ips(&[ip])?;
                 if !not_allocated.is_empty() {
@@ -594,6 +652,26 @@ fn ipam(datastore: Option<String>, command: IpamCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `15m`, `30s`, `2h`, `500ms` or a number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 15m or 30s"))?;
+    let secs = |k: u64| std::time::Duration::from_secs(n.saturating_mul(k));
+    match unit {
+        "" | "s" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        _ => Err(format!("{text:?}: use a unit of ms, s, m or h")),
+    }
 }
 
 /// Writes a file through a temporary file and a rename, so that readers never see half of it.
