@@ -149,13 +149,15 @@ pub async fn run(
         .map_err(|e| Error::Netlink("enabling IP forwarding".into(), e))?;
 
     let ready = Arc::new(AtomicBool::new(false));
+    // Readiness also waits for the AWS source/destination check when it is asked for.
+    let aws_ready = Arc::new(AtomicBool::new(true));
     let listener = tokio::net::TcpListener::bind(config.health_address)
         .await
         .map_err(|source| Error::Health {
             address: config.health_address,
             source,
         })?;
-    tokio::spawn(serve_health(listener, ready.clone()));
+    tokio::spawn(serve_health(listener, ready.clone(), aws_ready.clone()));
 
     let store = config.store.clone();
     let node_name = config.node_name.clone();
@@ -163,6 +165,14 @@ pub async fn run(
     blocking(move || register(store.as_ref(), &node_name, address, default_pool.as_ref()))
         .await??;
     write_state(&config, host_mtu)?;
+
+    let store = config.store.clone();
+    let node_name = config.node_name.clone();
+    let mode = blocking(move || aws_src_dst_mode(store.as_ref(), &node_name)).await?;
+    if mode != felis_aws::srcdst::SrcDstMode::DoNothing {
+        aws_ready.store(false, Ordering::SeqCst);
+        tokio::spawn(apply_src_dst_check(mode, aws_ready.clone()));
+    }
 
     let (tx, mut rx) = mpsc::channel::<StoreEvent>(1024);
     let store = config.store.clone();
@@ -498,14 +508,68 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Error::Task(e.to_string()))
 }
 
+/// `awsSrcDstCheck`: `FELIX_AWSSRCDSTCHECK`, else FelixConfiguration `node.<name>`, else
+/// `default`, else DoNothing (Felix's precedence).
+fn aws_src_dst_mode(store: &dyn Datastore, node_name: &str) -> felis_aws::srcdst::SrcDstMode {
+    if let Ok(value) = std::env::var("FELIX_AWSSRCDSTCHECK")
+        && let Ok(mode) = value.parse()
+    {
+        return mode;
+    }
+    let client = Client::new(store);
+    for name in [format!("node.{node_name}"), "default".to_string()] {
+        if let Ok(Resource::FelixConfiguration(felix)) =
+            client.get(Kind::FelixConfiguration, None, &name)
+            && let Some(mode) = felix
+                .spec
+                .aws_src_dst_check
+                .and_then(|m| serde_json::to_value(m).ok())
+                .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+        {
+            return mode;
+        }
+    }
+    felis_aws::srcdst::SrcDstMode::DoNothing
+}
+
+/// Sets the instance's source/destination check through the EC2 API, retrying with Calico's
+/// backoff (30 s doubling to 8 min) until it is done; then readiness may pass.
+async fn apply_src_dst_check(mode: felis_aws::srcdst::SrcDstMode, done: Arc<AtomicBool>) {
+    let mut failures = 0;
+    loop {
+        match tokio::task::spawn_blocking(move || felis_aws::srcdst::apply(mode)).await {
+            Ok(Ok(status)) => {
+                info!(%status, "AWS source/destination check");
+                done.store(true, Ordering::SeqCst);
+                return;
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                let delay = felis_aws::srcdst::retry_delay(failures);
+                warn!(error = %ErrorChain(&e), retry_in = ?delay, "setting the AWS source/destination check failed");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "the AWS source/destination check task failed");
+                return;
+            }
+        }
+    }
+}
+
 /// `/liveness` answers 200 while the agent runs; `/readiness` answers 200 once the dataplane
-/// has been programmed, 503 before.
-async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>) {
+/// has been programmed (and the AWS source/destination check set, when asked for), 503 before.
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    ready: Arc<AtomicBool>,
+    aws_ready: Arc<AtomicBool>,
+) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let ready = ready.clone();
+        let aws_ready = aws_ready.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = stream.read(&mut buf).await.unwrap_or(0);
@@ -513,7 +577,11 @@ async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>)
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/liveness" => ("200 OK", "live"),
-                "/readiness" if ready.load(Ordering::SeqCst) => ("200 OK", "ready"),
+                "/readiness"
+                    if ready.load(Ordering::SeqCst) && aws_ready.load(Ordering::SeqCst) =>
+                {
+                    ("200 OK", "ready")
+                }
                 "/readiness" => ("503 Service Unavailable", "not ready"),
                 _ => ("404 Not Found", "not found"),
             };

@@ -1864,4 +1864,96 @@ mod tests {
         let b = rib.add_peer(RibPeerConfig::new("10.0.2.2".parse().unwrap(), Asn(65002)));
         assert_ne!(b, a);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// (peer index, local_pref, AS path length, origin)
+        fn path() -> impl Strategy<Value = (usize, u32, usize, u8)> {
+            (
+                0usize..4,
+                prop_oneof![Just(100u32), Just(200)],
+                0usize..4,
+                0u8..3,
+            )
+        }
+
+        fn build(paths: &[(usize, u32, usize, u8)], order: &[usize]) -> (Rib, Vec<PeerId>) {
+            let mut rib = rib(None);
+            let peers: Vec<PeerId> = (0..4)
+                .map(|i| {
+                    up(
+                        &mut rib,
+                        &format!("10.0.0.{}", i + 2),
+                        64512,
+                        &format!("10.0.0.{}", i + 2),
+                        false,
+                    )
+                })
+                .collect();
+            for &i in order {
+                let (peer, local_pref, len, origin) = paths[i];
+                let mut a = attrs(&vec![65001; len], &format!("10.0.0.{}", peer + 2));
+                a.local_pref = Some(local_pref);
+                a.origin = Some([Origin::Igp, Origin::Egp, Origin::Incomplete][origin as usize]);
+                apply(&mut rib, peers[peer], announce(a, &["10.9.0.0/16"]));
+            }
+            (rib, peers)
+        }
+
+        proptest! {
+            #[test]
+            fn best_path_does_not_depend_on_arrival_order(
+                paths in prop::collection::vec(path(), 1..8),
+                seed in any::<u64>(),
+            ) {
+                let forward: Vec<usize> = (0..paths.len()).collect();
+                let mut shuffled = forward.clone();
+                // Deterministic shuffle from the seed.
+                let mut x = seed | 1;
+                for i in (1..shuffled.len()).rev() {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                // Only the last announcement of each peer counts: compare on the same final set.
+                let (a, _) = build(&paths, &forward);
+                let mut last: BTreeMap<usize, usize> = BTreeMap::new();
+                for (i, p) in paths.iter().enumerate() {
+                    last.insert(p.0, i);
+                }
+                let finals: Vec<usize> = last.values().copied().collect();
+                let mut finals_shuffled = finals.clone();
+                finals_shuffled.reverse();
+                let (b, _) = build(&paths, &finals_shuffled);
+                let (c, _) = build(&paths, &shuffled.iter().copied().filter(|i| finals.contains(i)).collect::<Vec<_>>());
+                let p = net("10.9.0.0/16");
+                prop_assert_eq!(a.best(&p).map(|b| b.0), b.best(&p).map(|b| b.0));
+                prop_assert_eq!(b.best(&p).map(|b| b.0), c.best(&p).map(|b| b.0));
+                prop_assert_eq!(a.paths_of(&p).len(), last.len());
+            }
+
+            #[test]
+            fn withdrawing_every_peer_empties_the_rib_and_reports_removed_last(
+                paths in prop::collection::vec(path(), 1..8),
+            ) {
+                let order: Vec<usize> = (0..paths.len()).collect();
+                let (mut rib, peers) = build(&paths, &order);
+                let mut last_kind = None;
+                for peer in peers {
+                    let out = apply(
+                        &mut rib,
+                        peer,
+                        Update { withdrawn: vec!["10.9.0.0/16".parse().unwrap()], ..Update::default() },
+                    );
+                    if let Some(c) = out.changes.last() {
+                        last_kind = Some(c.kind);
+                    }
+                }
+                prop_assert!(rib.is_empty());
+                prop_assert_eq!(last_kind, Some(ChangeKind::Removed));
+            }
+        }
+    }
 }

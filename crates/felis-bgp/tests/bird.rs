@@ -46,6 +46,7 @@ const FELIS_V4: &str = "192.0.2.1";
 const BIRD_V4: &str = "192.0.2.2";
 const FELIS_V6: &str = "2001:db8::1";
 const BIRD_V6: &str = "2001:db8::2";
+const BIRD_ASN: u32 = 64513;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn run(args: &[&str]) -> Result<String, String> {
@@ -103,7 +104,7 @@ struct Bird {
 
 impl Bird {
     fn start(ns: &Netns, dir: &Path, felis_passive: bool) -> Bird {
-        Bird::start_with(ns, dir, felis_passive, "", "")
+        Bird::start_with(ns, dir, felis_passive, "", "", BIRD_ASN)
     }
 
     fn start_with(
@@ -112,6 +113,7 @@ impl Bird {
         felis_passive: bool,
         extra: &str,
         bgp_extra: &str,
+        bird_asn: u32,
     ) -> Bird {
         let conf = dir.join("bird.conf");
         let socket = dir.join("bird.ctl");
@@ -133,7 +135,7 @@ protocol static s6 {{
   route 2001:db8:200::/48 blackhole;
 }}
 protocol bgp felis {{
-  local {BIRD_V4} as 64513;
+  local {BIRD_V4} as {bird_asn};
   neighbor {FELIS_V4} as 64512;
   {passive}
   {bgp_extra}
@@ -152,7 +154,7 @@ protocol bgp felis {{
         std::fs::write(&conf, text).unwrap();
         let stdout = File::create(dir.join("bird.stdout")).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
+            .args(["netns", "exec", &ns.name, &bin("bird"), "-f", "-c"])
             .arg(&conf)
             .arg("-s")
             .arg(&socket)
@@ -167,7 +169,8 @@ protocol bgp felis {{
     }
 
     fn birdc(&self, command: &str) -> String {
-        let mut args = vec!["birdc", "-s"];
+        let birdc = bin("birdc");
+        let mut args = vec![birdc.as_str(), "-s"];
         let socket = self.socket.to_string_lossy().into_owned();
         args.push(&socket);
         args.extend(command.split(' '));
@@ -186,6 +189,15 @@ impl Drop for Bird {
     }
 }
 
+/// `name` from PATH, or from /usr/sbin where Debian installs BIRD (not always on PATH).
+fn bin(name: &str) -> String {
+    let sbin = Path::new("/usr/sbin").join(name);
+    if Command::new(name).arg("--version").output().is_err() && sbin.exists() {
+        return sbin.to_string_lossy().into_owned();
+    }
+    name.to_owned()
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -197,7 +209,7 @@ fn preconditions() -> bool {
         return false;
     }
     assert!(
-        Command::new("bird").arg("--version").output().is_ok(),
+        Command::new(bin("bird")).arg("--version").output().is_ok(),
         "BIRD interop test needs `bird` (Debian package bird2): apt-get install -y bird2"
     );
     true
@@ -248,10 +260,10 @@ struct Felis {
 
 impl Felis {
     fn start(ns: &Netns, passive: bool) -> Felis {
-        Felis::start_with(ns, passive, None)
+        Felis::start_with(ns, passive, None, BIRD_ASN)
     }
 
-    fn start_with(ns: &Netns, passive: bool, password: Option<&str>) -> Felis {
+    fn start_with(ns: &Netns, passive: bool, password: Option<&str>, bird_asn: u32) -> Felis {
         let password = password.map(|p| Password(p.to_owned()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -268,7 +280,7 @@ impl Felis {
                 let mut config = SpeakerConfig::new(Asn(64512), FELIS_V4.parse().unwrap());
                 config.listen = Some(SocketAddr::new(FELIS_V4.parse().unwrap(), 179));
                 let (speaker, changes) = Speaker::start(config).await.unwrap();
-                let mut peer = PeerConfig::new(BIRD_V4.parse().unwrap(), Asn(64513));
+                let mut peer = PeerConfig::new(BIRD_V4.parse().unwrap(), Asn(bird_asn));
                 peer.passive = passive;
                 peer.connect_delay = Duration::from_millis(200);
                 peer.connect_retry = Duration::from_secs(2);
@@ -400,6 +412,10 @@ fn bird_routes() -> Vec<(IpNet, Option<IpAddr>)> {
 }
 
 fn interop(tag: &str, felis_passive: bool, password: Option<&str>) {
+    interop_as(tag, felis_passive, password, BIRD_ASN);
+}
+
+fn interop_as(tag: &str, felis_passive: bool, password: Option<&str>, bird_asn: u32) {
     if !preconditions() {
         return;
     }
@@ -409,8 +425,15 @@ fn interop(tag: &str, felis_passive: bool, password: Option<&str>) {
     let bgp_extra = password
         .map(|p| format!("password \"{p}\";"))
         .unwrap_or_default();
-    let bird = Bird::start_with(&topo.bird, dir.path(), felis_passive, "", &bgp_extra);
-    let mut felis = Felis::start_with(&topo.felis, felis_passive, password);
+    let bird = Bird::start_with(
+        &topo.bird,
+        dir.path(),
+        felis_passive,
+        "",
+        &bgp_extra,
+        bird_asn,
+    );
+    let mut felis = Felis::start_with(&topo.felis, felis_passive, password, bird_asn);
     let changes = felis.changes(&rt, 3, WAIT);
     assert_eq!(
         learned(&changes),
@@ -434,11 +457,21 @@ fn interop(tag: &str, felis_passive: bool, password: Option<&str>) {
     assert_eq!(status.counters.accepted, 3);
     let protocols = bird.birdc("show protocols all felis");
     assert!(protocols.contains("Established"), "{protocols}");
+    assert!(
+        !routes.contains("unreachable"),
+        "BIRD cannot resolve Felis's next hops:\n{routes}"
+    );
 }
 
 #[test]
 fn bird_interop_felis_active() {
     interop("act", false, None);
+}
+
+/// Calico's node-to-node mesh: iBGP in AS 64512, BIRD resolving next hops recursively.
+#[test]
+fn bird_interop_ibgp_mesh() {
+    interop_as("ibgp", false, None, 64512);
 }
 
 #[test]
@@ -549,6 +582,7 @@ fn bird_sends_one_million_routes() {
         false,
         "include \"routes.conf\";",
         "",
+        BIRD_ASN,
     );
     let before = resident_bytes();
     let start = Instant::now();

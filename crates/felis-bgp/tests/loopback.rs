@@ -221,3 +221,36 @@ async fn tcp_md5_sessions_need_matching_passwords() {
     let status = c.peer_status().await.unwrap();
     assert_ne!(status[0].state, State::Established);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tables_flow_both_ways_at_once() {
+    const N: u32 = 50_000;
+    let (a_addr, b_addr) = (loopback(6, 1), loopback(6, 2));
+    let (a, mut a_rx) = speaker(a_addr, 64512).await;
+    let (b, mut b_rx) = speaker(b_addr, 64513).await;
+    for i in 0..N {
+        let p = |base: u32| {
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new((base + (i << 8)).into(), 24).unwrap())
+        };
+        a.originate(p(0x0a00_0000), None).unwrap();
+        b.originate(p(0x6400_0000), None).unwrap();
+    }
+    let mut pb = peer(b_addr, a_addr, &a, 64512);
+    pb.passive = true;
+    b.add_peer(pb).await.unwrap();
+    a.add_peer(peer(a_addr, b_addr, &b, 64513)).await.unwrap();
+    for rx in [&mut a_rx, &mut b_rx] {
+        let mut n = 0;
+        while n < N {
+            let c = timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.kind, ChangeKind::Added);
+            n += 1;
+        }
+    }
+    let status = wait_state(&a, State::Established).await;
+    assert_eq!(status.counters.accepted, N as usize);
+    assert_eq!(status.counters.advertised, N as usize);
+}

@@ -235,6 +235,15 @@ impl<'a> Client<'a> {
         listing.items.iter().map(decode).collect()
     }
 
+    /// Every stored resource of every kind (for `policy trace`, which needs the whole picture).
+    pub fn list_all(&self) -> Result<Vec<Resource>, Error> {
+        let mut all = Vec::new();
+        for kind in Kind::all() {
+            all.extend(self.list(*kind, None)?);
+        }
+        Ok(all)
+    }
+
     /// Deletes one resource by name.
     pub fn delete(
         &self,

@@ -108,5 +108,64 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(policy, benches);
+/// The stored resources of N namespaces × 10 pods, one Kubernetes NetworkPolicy per namespace.
+fn stored(namespaces: usize) -> Vec<felis_api::Resource> {
+    let mut text = String::new();
+    for ns in 0..namespaces {
+        text.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{team: t{}}}}}\n---\n",
+            ns % 7
+        ));
+        for pod in 0..10 {
+            let app = APPS[pod % APPS.len()];
+            text.push_str(&format!(
+                "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
+                 metadata: {{name: node1-k8s-{app}{pod}-eth0, namespace: ns{ns}, labels: {{app: {app}}}}}\n\
+                 spec: {{orchestrator: k8s, node: node1, pod: {app}{pod}, endpoint: eth0, ipNetworks: [{}/32]}}\n---\n",
+                pod_ip(ns, pod)
+            ));
+        }
+        text.push_str(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: ns{ns}}}\n\
+             spec: {{podSelector: {{matchLabels: {{app: db}}}}, ingress: [{{from: [{{podSelector: {{matchLabels: {{app: api}}}}}}, \
+             {{namespaceSelector: {{matchLabels: {{team: t1}}}}}}], ports: [{{port: 5432}}]}}]}}\n---\n"
+        ));
+    }
+    felis_api::load::parse_documents(&text, None).unwrap_or_default()
+}
+
+fn trace_benches(c: &mut Criterion) {
+    for namespaces in [10, 100] {
+        let resources = stored(namespaces);
+        assert_eq!(
+            resources.len(),
+            namespaces * 12,
+            "the synthetic store parses"
+        );
+        let query = felis_policy::trace::Query::from_args(
+            "ns0/api1",
+            "ns0/db2",
+            "TCP",
+            Some(5432),
+            None,
+            None,
+        );
+        let Ok(query) = query else { return };
+        c.bench_function(
+            &format!(
+                "policy/trace/from-resources-and-trace-{}-endpoints",
+                namespaces * 10
+            ),
+            |b| {
+                b.iter(|| {
+                    PolicySet::from_resources(black_box(&resources))
+                        .and_then(|set| felis_policy::trace(&set, &query))
+                        .map(|report| report.verdict)
+                })
+            },
+        );
+    }
+}
+
+criterion_group!(policy, benches, trace_benches);
 criterion_main!(policy);

@@ -8,6 +8,11 @@
 //! [`PolicySet::verdict`] is what `felis policy trace` prints; [`PolicySet::applicable_tiers`]
 //! is what the rule compiler walks.
 //!
+//! [`PolicySet::from_resources`] builds that model from stored resources the way Calico does
+//! ([`convert`]), and [`trace()`] answers `felis policy trace`. [`scenario`] reads the
+//! scenario files (`tests/scenarios/*.yaml`: resources plus probes with expected verdicts) that
+//! the trace suite and the lab both replay.
+//!
 //! [`PolicySet::resolve_entity`] turns a rule's selectors and named ports into the IP sets a
 //! dataplane compiler programs; the verdict engine asks the same predicates about one address.
 //! [`PolicySet::compile`] builds a host's whole [`Program`] (tiers, policy and profile chains,
@@ -46,6 +51,50 @@
 //! println!("{trace}");
 //! ```
 //!
+//! `felis policy trace` is [`PolicySet::from_resources`] over every stored resource
+//! ([`convert`] says how each kind maps), then [`trace()`] of a [`trace::Query`]; the
+//! [`trace::TraceReport`] serializes as `-o json` prints it and displays as the text form:
+//!
+//! ```
+//! use felis_policy::trace::Query;
+//! use felis_policy::PolicySet;
+//!
+//! let stored = felis_api::load::parse_documents(r#"
+//! apiVersion: projectcalico.org/v3
+//! kind: WorkloadEndpoint
+//! metadata: {name: node1-k8s-web-eth0, namespace: prod, labels: {app: web}}
+//! spec: {orchestrator: k8s, node: node1, pod: web, endpoint: eth0, ipNetworks: [10.0.0.1/32]}
+//! ---
+//! apiVersion: projectcalico.org/v3
+//! kind: WorkloadEndpoint
+//! metadata: {name: node1-k8s-db-eth0, namespace: prod, labels: {app: db}}
+//! spec: {orchestrator: k8s, node: node1, pod: db, endpoint: eth0, ipNetworks: [10.0.0.2/32]}
+//! ---
+//! apiVersion: networking.k8s.io/v1
+//! kind: NetworkPolicy
+//! metadata: {name: db, namespace: prod}
+//! spec:
+//!   podSelector: {matchLabels: {app: db}}
+//!   ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 5432}]}]
+//! "#, None)?;
+//! let query = Query {
+//!     from: "prod/web".parse()?,          // NS/WORKLOAD, WORKLOAD or an IP
+//!     to: "prod/db".parse()?,
+//!     protocol: "TCP".parse()?,
+//!     port: Some(22),
+//!     icmp_type: None,
+//!     icmp_code: None,
+//! };
+//! let report = felis_policy::trace(&PolicySet::from_resources(&stored)?, &query)?;
+//! let json = serde_json::to_value(&report)?;
+//! assert_eq!(json["verdict"], "deny");
+//! assert_eq!(json["egress"]["reason"], "no-policy-profile"); // kns.prod allows
+//! assert_eq!(json["ingress"]["reason"], "end-of-tier");
+//! assert_eq!(json["ingress"]["tier"], "default");
+//! println!("{report}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Semantics, where the reference leaves room:
 //! - Selectors see an endpoint's own labels, then `projectcalico.org/namespace`,
 //!   `/orchestrator` and `/serviceaccount`, then its profiles' `labelsToApply` (in order).
@@ -61,12 +110,14 @@
 //! untracked/pre-DNAT/applyOnForward policy, staged policies, failsafe ports, `services`
 //! matches, HTTP matches or the endpoint-to-host/host-to-endpoint defaults.
 
+pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod k8s;
 pub mod model;
 pub mod program;
 mod resolve;
+pub mod scenario;
 pub mod trace;
 
 pub use engine::AppliedTier;
@@ -96,7 +147,11 @@ pub use resolve::NamedPortMember;
 pub use resolve::ResolvedEntity;
 pub use trace::Decision;
 pub use trace::DirectionTrace;
+pub use trace::Peer;
+pub use trace::Query;
 pub use trace::RuleRef;
 pub use trace::Step;
 pub use trace::Trace;
+pub use trace::TraceReport;
 pub use trace::Verdict;
+pub use trace::trace;

@@ -55,6 +55,10 @@ pub struct Endpoint {
     /// Orchestrator (`k8s` for pods); exposed as `projectcalico.org/orchestrator`.
     #[serde(default)]
     pub orchestrator: Option<String>,
+    /// The pod (or other workload) behind a workload endpoint: the name `felis policy trace`
+    /// accepts besides the endpoint's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 /// A named port of an endpoint.

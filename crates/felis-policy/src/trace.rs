@@ -9,6 +9,16 @@ use serde::Serialize;
 
 use crate::model::Action;
 
+mod report;
+
+pub use report::Peer;
+pub use report::Query;
+pub use report::Reason;
+pub use report::SideReport;
+pub use report::TRACE_SOURCE_PORT;
+pub use report::TraceReport;
+pub use report::trace;
+
 /// Whether a packet may pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Verdict {

@@ -109,6 +109,12 @@ enum Command {
     /// IP address management: usage, leak checks, release, configuration.
     #[command(subcommand)]
     Ipam(IpamCommand),
+    /// Network policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// AWS: check security groups, subnets and source/destination checks for the cluster.
+    #[command(subcommand)]
+    Aws(AwsCommand),
     /// A whole cluster in network namespaces on this machine, with an emulated AWS-like VPC.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -208,6 +214,49 @@ enum IpamCommand {
         /// The pool, by name.
         #[arg(long)]
         name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Which policy decides a packet: per direction, the verdict and what decided it.
+    Trace {
+        /// The source: NAMESPACE/WORKLOAD, WORKLOAD (namespace default) or an IP address.
+        #[arg(long)]
+        from: String,
+        /// The destination: NAMESPACE/WORKLOAD, WORKLOAD or an IP address.
+        #[arg(long)]
+        to: String,
+        /// TCP, UDP, SCTP, ICMP, ICMPv6 or a protocol number.
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        /// The destination port (TCP, UDP, SCTP).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The ICMP type.
+        #[arg(long)]
+        icmp_type: Option<u8>,
+        /// The ICMP code.
+        #[arg(long)]
+        icmp_code: Option<u8>,
+        /// Output format: text (default) or json.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AwsCommand {
+    /// Per peer node: are BGP (TCP 179), IPIP (protocol 4) and VXLAN (UDP 4789) allowed by the
+    /// security groups, are source/destination checks off, which peers share a subnet; and
+    /// what to change. Exits 1 when something blocks the cluster.
+    Check {
+        /// This node's name (default: the agent's nodename file, then the host name).
+        #[arg(long, env = "NODENAME")]
+        nodename: Option<String>,
+        /// Output format: table (default) or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
     },
 }
 
@@ -350,6 +399,7 @@ struct OptionalFiles {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     // Invoked as an IPAM plugin (a link named felis-ipam or calico-ipam), or by a container
     // runtime as the CNI plugin (CNI_COMMAND set): speak CNI, not the CLI.
     let argv0 = std::env::args_os().next().unwrap_or_default();
@@ -373,6 +423,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`felis get ... | head`) would panic.
+/// A command-line tool should end quietly instead, like every other Unix tool.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; restoring the default
+    // disposition of SIGPIPE has no memory-safety effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -388,6 +449,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             selector_match(&selector, &labels)
         }
         Command::Lab(command) => lab(command),
+        Command::Policy(PolicyCommand::Trace {
+            from,
+            to,
+            protocol,
+            port,
+            icmp_type,
+            icmp_code,
+            output,
+        }) => {
+            let store = open(datastore)?;
+            let resources = felis_client::Client::new(store.as_ref()).list_all()?;
+            let set = felis_policy::PolicySet::from_resources(&resources)?;
+            let query =
+                felis_policy::Query::from_args(&from, &to, &protocol, port, icmp_type, icmp_code)?;
+            let report = felis_policy::trace(&set, &query)?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Aws(AwsCommand::Check { nodename, output }) => {
+            aws_check(datastore, nodename, &output)
+        }
         Command::InstallCni {
             bin_dir,
             conf_dir,
@@ -679,6 +765,69 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn aws_check(
+    datastore: Option<String>,
+    nodename: Option<String>,
+    output: &str,
+) -> anyhow::Result<ExitCode> {
+    use felis_aws::check::{Cluster, NodeSpec, PoolSpec};
+    let store = open(datastore)?;
+    let client = Client::new(store.as_ref());
+    let mut cluster = Cluster {
+        this_node: nodename.or_else(|| {
+            std::fs::read_to_string("/var/lib/felis/nodename")
+                .ok()
+                .map(|n| n.trim().to_string())
+        }),
+        ..Cluster::default()
+    };
+    for resource in client.list(Kind::Node, None)? {
+        if let Resource::Node(node) = resource
+            && let Some(ipnet::IpNet::V4(address)) =
+                node.spec.bgp.as_ref().and_then(|b| b.ipv4_address)
+        {
+            cluster.nodes.push(NodeSpec {
+                name: node.metadata.name.clone(),
+                address,
+            });
+        }
+    }
+    for resource in client.list(Kind::IpPool, None)? {
+        if let Resource::IpPool(pool) = resource
+            && let ipnet::IpNet::V4(cidr) = pool.spec.cidr
+        {
+            cluster.pools.push(PoolSpec {
+                name: pool.metadata.name.clone(),
+                cidr,
+                ipip_mode: pool
+                    .spec
+                    .ipip_mode
+                    .as_str()
+                    .parse()
+                    .map_err(anyhow::Error::msg)?,
+                vxlan_mode: pool
+                    .spec
+                    .vxlan_mode
+                    .as_str()
+                    .parse()
+                    .map_err(anyhow::Error::msg)?,
+                disabled: pool.spec.disabled,
+            });
+        }
+    }
+    let report = felis_aws::check::run(&cluster).context("reading this instance from EC2")?;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_table());
+    }
+    Ok(if report.blocking() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn node_run(datastore: Option<String>, args: NodeRunArgs) -> anyhow::Result<ExitCode> {

@@ -428,3 +428,65 @@ fn a_realistic_manifest_round_trips_through_get_yaml() {
 fn a_realistic_manifest_round_trips_on_etcd() {
     manifest_round_trips(&Felis::etcd());
 }
+
+#[test]
+fn policy_trace_names_the_deciding_policy_and_gives_the_json_shape() {
+    let felis = Felis::new();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/trace.yaml");
+    felis.ok(&["apply", "-f", data.to_str().unwrap()]);
+    let text = felis.ok(&[
+        "policy",
+        "trace",
+        "--from",
+        "shop/web",
+        "--to",
+        "shop/db",
+        "--protocol",
+        "TCP",
+        "--port",
+        "5432",
+    ]);
+    assert!(text.contains("policy shop/db-from-web, rule 0"), "{text}");
+    assert!(text.trim_end().ends_with("verdict: allow"), "{text}");
+
+    let json = felis.ok(&[
+        "policy", "trace", "--from", "shop/web", "--to", "shop/db", "--port", "80", "-o", "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!(v["egress"]["verdict"], "allow");
+    assert_eq!(v["ingress"]["verdict"], "deny");
+    assert_eq!(v["ingress"]["tier"], "default");
+    for key in ["verdict", "tier", "policy", "rule"] {
+        assert!(v["ingress"].get(key).is_some(), "ingress.{key} present");
+    }
+
+    // A side outside the cluster is null.
+    let json = felis.ok(&[
+        "policy",
+        "trace",
+        "--from",
+        "203.0.113.5",
+        "--to",
+        "shop/db",
+        "--port",
+        "5432",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["egress"].is_null());
+    assert_eq!(v["verdict"], "deny");
+
+    let err = felis.fails(&[
+        "policy",
+        "trace",
+        "--from",
+        "shop/nope",
+        "--to",
+        "shop/db",
+        "--port",
+        "1",
+    ]);
+    assert!(err.contains("shop/nope"), "{err}");
+}

@@ -12,6 +12,24 @@
 //!
 //! The shell makes no decisions: the FSM decides what to send and when, the RIB decides what
 //! to learn and advertise.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), felis_bgp::Error> {
+//! use felis_bgp::Asn;
+//! use felis_bgp::io::{PeerConfig, Speaker, SpeakerConfig};
+//!
+//! let config = SpeakerConfig::new(Asn(64512), "10.0.0.1".parse().unwrap());
+//! let (speaker, mut changes) = Speaker::start(config).await?;
+//! let mut peer = PeerConfig::new("10.0.0.2".parse().unwrap(), Asn(64512));
+//! peer.passive = true; // Calico: passive toward a peer whose IP is greater as a string
+//! speaker.add_peer(peer).await?;
+//! speaker.originate("10.65.0.0/26".parse().unwrap(), None)?;
+//! while let Some(change) = changes.recv().await {
+//!     println!("{:?} {} via {:?}", change.kind, change.prefix, change.next_hop);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod md5;
 mod peer;

@@ -31,9 +31,11 @@ use crate::io::md5;
 use crate::packet::HEADER_LEN;
 use crate::packet::Message;
 use crate::packet::frame;
+use crate::packet::message_type;
 use crate::packet::notification::Notification;
 use crate::packet::notification::cease_subcode;
 use crate::packet::update::Update;
+use crate::packet::update::UpdateView;
 use crate::rib::PeerId;
 use crate::session::Action;
 use crate::session::Event;
@@ -53,8 +55,11 @@ enum IoEvent {
     Closed(u64, Option<io::Error>),
 }
 
+/// A live connection. Writes go through a writer task so the peer task never blocks on a
+/// peer that is slow to read (two speakers dumping large tables to each other could
+/// otherwise deadlock with full socket buffers on both sides).
 struct Connection {
-    writer: OwnedWriteHalf,
+    writer: mpsc::UnboundedSender<Vec<u8>>,
     reader: JoinHandle<()>,
     generation: u64,
     outgoing: bool,
@@ -63,9 +68,13 @@ struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // The writer task flushes what is queued (a final NOTIFICATION) and closes.
         self.reader.abort();
     }
 }
+
+/// Longest a single write may wait for the peer to read before the connection counts as dead.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(super) struct PeerTask {
     id: PeerId,
@@ -199,6 +208,9 @@ impl PeerTask {
                 Some(Event::TcpFailed)
             }
             IoEvent::Frame(generation, kind, body) if Some(generation) == current => {
+                if kind == message_type::UPDATE {
+                    return Some(self.decode_update(&body));
+                }
                 match Message::decode_body(kind, &body, &self.session.codec()) {
                     Ok(message) => {
                         if let Message::Notification(n) = &message {
@@ -227,6 +239,22 @@ impl PeerTask {
                 Some(Event::TcpFailed)
             }
             IoEvent::Frame(..) | IoEvent::FrameError(..) | IoEvent::Closed(..) => None,
+        }
+    }
+
+    /// Decodes an UPDATE through the view, so RFC 7606 treat-as-withdraw is logged.
+    fn decode_update(&self, body: &[u8]) -> Event {
+        match UpdateView::parse(body, &self.session.codec()) {
+            Ok(view) => {
+                if let Some(error) = &view.attribute_error {
+                    warn!(%error, "UPDATE attribute error: announced prefixes treated as withdrawn");
+                }
+                Event::Message(Message::Update(view.to_update()))
+            }
+            Err(error) => {
+                warn!(%error, "malformed UPDATE");
+                Event::DecodeFailed(error.notification())
+            }
         }
     }
 
@@ -316,9 +344,7 @@ impl PeerTask {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if let Err(error) = conn.writer.write_all(bytes).await {
-            debug!(%error, "write failed");
-            self.set_error(format!("connection: {error}"));
+        if conn.writer.send(bytes.to_vec()).is_err() {
             self.conn = None;
             self.pending.push_back(Event::TcpFailed);
         }
@@ -373,8 +399,10 @@ impl PeerTask {
             .unwrap_or_else(|_| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
         let (reader, writer) = stream.into_split();
         let reader = tokio::spawn(read_loop(reader, generation, self.io_tx.clone()));
+        let (queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(writer, queued, generation, self.io_tx.clone()));
         self.conn = Some(Connection {
-            writer,
+            writer: queue,
             reader,
             generation,
             outgoing,
@@ -467,6 +495,29 @@ async fn connect(
     tokio::time::timeout(timeout, socket.connect(remote))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Writes queued buffers in order; when the queue closes, flushes and shuts the socket down.
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    generation: u64,
+    tx: mpsc::Sender<IoEvent>,
+) {
+    while let Some(bytes) = queue.recv().await {
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes)).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "peer stopped reading",
+            )),
+        };
+        if let Err(e) = result {
+            let _ = tx.send(IoEvent::Closed(generation, Some(e))).await;
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer.shutdown()).await;
 }
 
 /// Reads the byte stream and cuts it into messages.

@@ -10,7 +10,7 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 //!
-//! Decoding never panics and never indexes unchecked: every read goes through [`Reader`].
+//! Decoding never panics and never indexes unchecked: every read goes through a bounds-checked `Reader`.
 //! UPDATEs can be read without allocating per prefix through [`update::UpdateView`], whose
 //! NLRI iterators walk the validated wire bytes.
 
@@ -344,7 +344,7 @@ pub(crate) fn validate_prefixes(buf: &[u8], max_len: u8) -> Option<usize> {
     Some(count)
 }
 
-/// Iterates IPv4 prefixes in wire encoding. The bytes must have passed [`validate_prefixes`];
+/// Iterates IPv4 prefixes in wire encoding. The bytes must have passed `validate_prefixes`;
 /// a malformed tail simply ends the iteration.
 #[derive(Debug, Clone)]
 pub struct Ipv4Prefixes<'a> {

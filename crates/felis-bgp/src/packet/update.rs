@@ -342,6 +342,9 @@ pub struct UpdateView<'a> {
     /// RFC 7606 §2 treat-as-withdraw: an attribute error that makes every prefix announced
     /// here count as withdrawn instead of resetting the session.
     pub attribute_error: Option<DecodeError>,
+    /// AS4_PATH / AS4_AGGREGATOR from a 2-octet (OLD) speaker, merged after parsing.
+    as4_path: Option<AsPath>,
+    as4_aggregator: Option<Aggregator>,
 }
 
 /// A prefix of either family yielded by the MP iterators.
@@ -412,8 +415,11 @@ impl<'a> UpdateView<'a> {
             mp_reach: None,
             mp_unreach: None,
             attribute_error: None,
+            as4_path: None,
+            as4_aggregator: None,
         };
         view.parse_attributes(attr_bytes, opts)?;
+        view.merge_as4();
         view.check_mandatory();
         Ok(view)
     }
@@ -484,6 +490,78 @@ impl<'a> UpdateView<'a> {
             nlri: m.prefixes().collect(),
         });
         update
+    }
+
+    /// RFC 6793 §4.2.3: rebuilds the 4-octet path of an UPDATE from a 2-octet speaker.
+    fn merge_as4(&mut self) {
+        let (as4_path, as4_aggregator) = (self.as4_path.take(), self.as4_aggregator.take());
+        if let Some(agg) = self.attrs.aggregator {
+            if agg.asn != Asn::TRANS {
+                // The AGGREGATOR is not from a NEW speaker: AS4_* are stale, ignore both.
+                return;
+            }
+            if let Some(as4) = as4_aggregator {
+                self.attrs.aggregator = Some(as4);
+            }
+        }
+        let (Some(path), Some(as4)) = (self.attrs.as_path.as_mut(), as4_path) else {
+            return;
+        };
+        if as4
+            .segments
+            .iter()
+            .any(|s| matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet))
+        {
+            return;
+        }
+        let (n, m) = (path.len(), as4.len());
+        if n < m {
+            return;
+        }
+        // Keep the first n - m ASes of AS_PATH (the OLD speakers' part), then AS4_PATH.
+        let mut keep = n - m;
+        let mut merged: Vec<AsSegment> = Vec::new();
+        let mut split_sequence = false;
+        for seg in &path.segments {
+            let confed = matches!(
+                seg.kind,
+                SegmentType::ConfedSequence | SegmentType::ConfedSet
+            );
+            // Confederation segments are prepended when leading or adjacent to a prepended one.
+            if keep == 0 && !confed {
+                break;
+            }
+            match seg.kind {
+                SegmentType::Sequence => {
+                    let take = keep.min(seg.asns.len());
+                    let asns = seg.asns.iter().take(take).copied().collect();
+                    merged.push(AsSegment {
+                        kind: SegmentType::Sequence,
+                        asns,
+                    });
+                    split_sequence = take < seg.asns.len();
+                    keep -= take;
+                }
+                SegmentType::Set => {
+                    merged.push(seg.clone());
+                    split_sequence = false;
+                    keep -= 1;
+                }
+                SegmentType::ConfedSequence | SegmentType::ConfedSet => merged.push(seg.clone()),
+            }
+        }
+        let mut rest = as4.segments.into_iter().peekable();
+        if split_sequence {
+            // A sequence cut in two by the OLD/NEW boundary continues in AS4_PATH.
+            if let (Some(last), Some(first)) = (
+                merged.last_mut(),
+                rest.next_if(|s| s.kind == SegmentType::Sequence),
+            ) {
+                last.asns.extend(first.asns);
+            }
+        }
+        merged.extend(rest);
+        *path = AsPath { segments: merged };
     }
 
     fn treat_as_withdraw(&mut self, err: DecodeError) {
@@ -664,6 +742,19 @@ impl<'a> UpdateView<'a> {
             }
             attr_code::AS4_PATH | attr_code::AS4_AGGREGATOR if opts.four_octet_asn => {
                 // RFC 6793 §4.1: a NEW speaker discards AS4_* from another NEW speaker.
+            }
+            attr_code::AS4_PATH => {
+                // RFC 6793 §6: a malformed AS4_PATH is discarded.
+                self.as4_path = expect(OPTIONAL_TRANSITIVE)
+                    .ok()
+                    .and_then(|()| decode_as_path(value, true).ok());
+            }
+            attr_code::AS4_AGGREGATOR => {
+                if let (true, Some(asn), Some(address), true) =
+                    (class == OPTIONAL_TRANSITIVE, v.u32(), v.ipv4(), v.is_empty())
+                {
+                    self.as4_aggregator = Some(Aggregator { asn: Asn(asn), address });
+                }
             }
             _ if flags & attr_flag::OPTIONAL == 0 => {
                 return Err(DecodeError::UnrecognizedWellKnownAttribute {
@@ -1019,6 +1110,9 @@ fn encode_attributes(
             },
         );
     }
+    if !opts.four_octet_asn {
+        encode_as4(attrs, out);
+    }
     let (before, after): (Vec<&RawAttribute>, Vec<&RawAttribute>) = attrs
         .other
         .iter()
@@ -1029,6 +1123,38 @@ fn encode_attributes(
     mp(out);
     for a in after {
         put_attribute(out, a.flags, a.code, |out| out.extend_from_slice(&a.value));
+    }
+}
+
+/// RFC 6793 §4.2.2: toward a 2-octet (OLD) speaker, 4-octet ASNs travel in AS4_PATH and
+/// AS4_AGGREGATOR next to the AS_TRANS-substituted AS_PATH and AGGREGATOR.
+fn encode_as4(attrs: &PathAttributes, out: &mut Vec<u8>) {
+    let wide = |asn: &Asn| asn.0 > u32::from(u16::MAX);
+    if let Some(path) = &attrs.as_path {
+        let segments: Vec<&AsSegment> = path
+            .segments
+            .iter()
+            .filter(|s| matches!(s.kind, SegmentType::Sequence | SegmentType::Set))
+            .collect();
+        if segments.iter().any(|s| s.asns.iter().any(wide)) {
+            put_attribute(out, OPTIONAL_TRANSITIVE, attr_code::AS4_PATH, |out| {
+                for seg in segments {
+                    for chunk in seg.asns.chunks(255) {
+                        out.push(if seg.kind == SegmentType::Set { 1 } else { 2 });
+                        out.push(u8::try_from(chunk.len()).unwrap_or(u8::MAX));
+                        for asn in chunk {
+                            out.extend_from_slice(&asn.0.to_be_bytes());
+                        }
+                    }
+                }
+            });
+        }
+    }
+    if let Some(agg) = attrs.aggregator.filter(|a| wide(&a.asn)) {
+        put_attribute(out, OPTIONAL_TRANSITIVE, attr_code::AS4_AGGREGATOR, |out| {
+            out.extend_from_slice(&agg.asn.0.to_be_bytes());
+            out.extend_from_slice(&agg.address.octets());
+        });
     }
 }
 
@@ -1528,6 +1654,39 @@ mod tests {
     }
 
     #[test]
+    fn as4_path_from_a_2_octet_speaker_restores_4_octet_asns() {
+        // AS_PATH [65001 23456 23456] (2-octet), AS4_PATH [4200000001 4200000002]:
+        // the merged path is [65001 4200000001 4200000002] (RFC 6793 §4.2.3).
+        let b = body(
+            "40 01 01 00
+             40 02 08 02 03 fde9 5ba0 5ba0
+             40 03 04 0a000001
+             c0 11 0a 02 02 fa56ea01 fa56ea02",
+            "18 0a0000",
+        );
+        let u = Update::decode(&b, &CodecOptions::default()).unwrap();
+        assert_eq!(
+            u.attrs.as_path,
+            Some(AsPath::sequence([65001, 4_200_000_001, 4_200_000_002]))
+        );
+        assert!(u.attrs.other.is_empty());
+        // Re-encoding toward a 2-octet speaker carries the whole path in AS4_PATH again.
+        let mut out = Vec::new();
+        u.encode_body(&CodecOptions::default(), &mut out).unwrap();
+        assert_eq!(Update::decode(&out, &CodecOptions::default()).unwrap(), u);
+    }
+
+    #[test]
+    fn as4_path_longer_than_as_path_is_ignored() {
+        let b = body(
+            "40 01 01 00 40 02 04 02 01 5ba0 40 03 04 0a000001 c0 11 0a 02 02 fa56ea01 fa56ea02",
+            "18 0a0000",
+        );
+        let u = Update::decode(&b, &CodecOptions::default()).unwrap();
+        assert_eq!(u.attrs.as_path, Some(AsPath::sequence([23456])));
+    }
+
+    #[test]
     fn long_attribute_uses_extended_length() {
         let attrs = PathAttributes {
             origin: Some(Origin::Igp),
@@ -1681,15 +1840,26 @@ mod tests {
             let opts = CodecOptions { four_octet_asn: four_octet };
             let mut u = u;
             if !four_octet {
-                // 2-octet encoding cannot carry large ASNs; they become AS_TRANS.
+                // Toward a 2-octet speaker large ASNs travel in AS4_PATH/AS4_AGGREGATOR
+                // (RFC 6793), except in confederation segments, which become AS_TRANS.
                 for seg in u.attrs.as_path.iter_mut().flat_map(|p| p.segments.iter_mut()) {
-                    for asn in &mut seg.asns {
-                        asn.0 &= 0xffff;
+                    if matches!(seg.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet) {
+                        for asn in &mut seg.asns {
+                            asn.0 &= 0xffff;
+                        }
                     }
                 }
-                if let Some(agg) = &mut u.attrs.aggregator {
-                    agg.asn.0 &= 0xffff;
+                // RFC 5065: confederation segments only ever lead the path.
+                if let Some(path) = &mut u.attrs.as_path {
+                    path.segments.sort_by_key(|s| {
+                        !matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet)
+                    });
                 }
+                // AS_TRANS itself in a 2-octet AGGREGATOR means "see AS4_AGGREGATOR".
+                if let Some(agg) = &mut u.attrs.aggregator
+                    && agg.asn == Asn::TRANS {
+                        agg.asn = Asn(1);
+                    }
             }
             let msg = Message::Update(u);
             match msg.to_bytes(&opts) {

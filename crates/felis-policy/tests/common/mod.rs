@@ -52,6 +52,7 @@ fn pod(ns: &str, name: &str, addr: &str, app: &str, sa: &str) -> Endpoint {
         ports: Vec::new(),
         service_account: Some(sa.to_string()),
         orchestrator: Some("k8s".to_string()),
+        workload: None,
     }
 }
 

@@ -1,0 +1,38 @@
+//! The nftables policy dataplane: renders a host's compiled policy [`Program`] into table
+//! `inet felis` and applies it incrementally.
+//!
+//! - [`render`] is pure: program + endpoint interfaces → [`Ruleset`] (named sets, chains,
+//!   verdict-map elements), and two rulesets → the nft script between them.
+//! - [`PolicyDataplane`] keeps the installed ruleset in memory and sends each change as one
+//!   atomic transaction; [`PolicyDataplane::resync`] replaces all of its objects at once.
+//! - [`nft`] runs the `nft` tool: a process per transaction, or one long-lived `nft -i`.
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use felis_nft::PolicyDataplane;
+//! # fn main() -> Result<(), felis_nft::Error> {
+//! # let program = felis_policy::Program::default();
+//! let interfaces = BTreeMap::from([("prod/web".to_string(), "cali1234".to_string())]);
+//! let mut dataplane = PolicyDataplane::new();
+//! let stats = dataplane.apply(&program, &interfaces)?; // the first apply is a full resync
+//! assert!(stats.full);
+//! # Ok(()) }
+//! ```
+//!
+//! Forwarded traffic to and from workload interfaces (prefix `cali`) is filtered; traffic
+//! between other interfaces is untouched. Not rendered yet: host endpoints (`input`/`output`
+//! hooks), workload-to-host traffic, failsafe ports, untracked and pre-DNAT policy.
+//!
+//! [`Program`]: felis_policy::Program
+
+pub mod dataplane;
+pub mod error;
+pub mod nft;
+pub mod render;
+
+pub use dataplane::PolicyDataplane;
+pub use dataplane::Transport;
+pub use error::Error;
+pub use render::ApplyStats;
+pub use render::Config;
+pub use render::Ruleset;

@@ -1,0 +1,1402 @@
+//! Pure rendering: a [`Program`] plus the endpoints' interface names become a [`Ruleset`] (the
+//! desired nftables objects), and two rulesets become the nft script that turns one into the
+//! other.
+//!
+//! Layout of the objects this module owns in table `inet felis` (the agent's NAT sets and
+//! `nat-postrouting` chain live there too and are never touched):
+//!
+//! ```text
+//! pol-forward-egress  (hook forward, priority filter)     ct established/related accept, invalid drop,
+//!                                                         iifname vmap @pol-from-wl, iifname "cali*" drop
+//! pol-forward-ingress (hook forward, priority filter + 1) ct established/related accept, invalid drop,
+//!                                                         oifname vmap @pol-to-wl, oifname "cali*" drop
+//! fw-<ifname> / tw-<ifname>   per endpoint, egress / ingress: tiers, then profiles, then drop
+//! pi-<policy> / po-<policy>   policy rules, ingress / egress
+//! pri-<profile> / pro-<profile>  profile rules, ingress / egress
+//! pol-s<id>-4h / -4n / -6h / -6n  IP set <id>: host addresses (hash) and CIDRs (interval)
+//! pol-np<id>-4 / -6           named-port set <id>: address . protocol . port
+//! ```
+//!
+//! Allow is `accept` (which ends only the current base chain: the ingress chain still runs, at
+//! the next priority), Deny is `drop`, Log logs and continues. Pass sets [`PASS_MARK`] and returns
+//! from the policy chain; the endpoint chain skips the tier's remaining policies and its default
+//! action while the mark is set, and clears it before the next tier. In a profile, Pass returns
+//! (the next profile is tried), as the reference interpreter [`Program::verdict`] does.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use felis_policy::Action;
+use felis_policy::IpVersion;
+use felis_policy::Protocol;
+use felis_policy::TierDefaultAction;
+use felis_policy::program::CompiledRule;
+use felis_policy::program::DirectionProgram;
+use felis_policy::program::IpSetId;
+use felis_policy::program::Match;
+use felis_policy::program::Program;
+use felis_policy::program::Side;
+use ipnet::IpNet;
+
+/// The nftables table (shared with the agent's NAT objects).
+pub const TABLE: &str = "felis";
+/// The packet mark bit that carries "a Pass rule matched in this tier".
+pub const PASS_MARK: u32 = 0x0010_0000;
+/// Verdict map from a workload interface to its egress chain.
+pub const FROM_WORKLOAD_MAP: &str = "pol-from-wl";
+/// Verdict map from a workload interface to its ingress chain.
+pub const TO_WORKLOAD_MAP: &str = "pol-to-wl";
+/// Base chain running workload egress policy.
+pub const EGRESS_BASE_CHAIN: &str = "pol-forward-egress";
+/// Base chain running workload ingress policy.
+pub const INGRESS_BASE_CHAIN: &str = "pol-forward-ingress";
+/// The prefix Calico logs packets with.
+pub const LOG_PREFIX: &str = "calico-packet: ";
+
+/// Prefixes of every chain, set and map this crate owns.
+const OWN_PREFIXES: [&str; 7] = ["pol-", "pi-", "po-", "pri-", "pro-", "tw-", "fw-"];
+/// Protocols that carry ports: TCP, UDP, SCTP, UDP-Lite.
+const PORT_PROTOCOLS: &str = "{ 6, 17, 132, 136 }";
+/// Longest object name we emit (the kernel allows 256 bytes).
+const MAX_NAME: usize = 200;
+
+/// What rendering needs beyond the program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Interface-name prefix of workload interfaces (`cali`): such interfaces whose endpoint
+    /// has no program yet drop all forwarded traffic.
+    pub workload_prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            workload_prefix: "cali".to_string(),
+        }
+    }
+}
+
+/// The kind of a named set, which fixes its declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SetKind {
+    /// IPv4 host addresses (hash set).
+    Hosts4,
+    /// IPv6 host addresses (hash set).
+    Hosts6,
+    /// IPv4 CIDRs (interval set).
+    Nets4,
+    /// IPv6 CIDRs (interval set).
+    Nets6,
+    /// IPv4 `address . protocol . port`.
+    NamedPorts4,
+    /// IPv6 `address . protocol . port`.
+    NamedPorts6,
+}
+
+impl SetKind {
+    /// The body of the set declaration.
+    pub fn declaration(self) -> &'static str {
+        match self {
+            SetKind::Hosts4 => "type ipv4_addr;",
+            SetKind::Hosts6 => "type ipv6_addr;",
+            SetKind::Nets4 => "type ipv4_addr; flags interval; auto-merge;",
+            SetKind::Nets6 => "type ipv6_addr; flags interval; auto-merge;",
+            SetKind::NamedPorts4 => "type ipv4_addr . inet_proto . inet_service;",
+            SetKind::NamedPorts6 => "type ipv6_addr . inet_proto . inet_service;",
+        }
+    }
+
+    /// Whether the set is an interval set (updated by flush and refill: an interval set with
+    /// auto-merge cannot delete the elements it merged).
+    pub fn is_interval(self) -> bool {
+        matches!(self, SetKind::Nets4 | SetKind::Nets6)
+    }
+}
+
+/// A named set and its elements (as nft text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftSet {
+    /// Its type.
+    pub kind: SetKind,
+    /// Elements, rendered.
+    pub elements: BTreeSet<String>,
+}
+
+/// The desired state of every object this crate owns, rendered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Named sets by name.
+    pub sets: BTreeMap<String, NftSet>,
+    /// Regular chains by name, with their rules in order (shared with the render cache, so an
+    /// unchanged chain compares equal by pointer).
+    pub chains: BTreeMap<String, Arc<[String]>>,
+    /// `pol-from-wl`: interface name to egress chain.
+    pub from_workload: BTreeMap<String, String>,
+    /// `pol-to-wl`: interface name to ingress chain.
+    pub to_workload: BTreeMap<String, String>,
+    /// Interface-name prefix of workload interfaces.
+    pub workload_prefix: String,
+}
+
+/// What a delta or full apply changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Whether this was a full replace (resync).
+    pub full: bool,
+    /// Sets created.
+    pub sets_added: usize,
+    /// Sets deleted.
+    pub sets_removed: usize,
+    /// Set elements added (interval sets count their whole refill).
+    pub elements_added: usize,
+    /// Set elements removed.
+    pub elements_removed: usize,
+    /// Chains created.
+    pub chains_added: usize,
+    /// Chains whose rules were replaced.
+    pub chains_replaced: usize,
+    /// Chains deleted.
+    pub chains_removed: usize,
+    /// Verdict-map elements added, changed or removed.
+    pub map_changes: usize,
+    /// Size of the nft script sent.
+    pub script_bytes: usize,
+}
+
+impl ApplyStats {
+    /// Whether nothing needed to change.
+    pub fn is_empty(&self) -> bool {
+        !self.full
+            && self.sets_added == 0
+            && self.sets_removed == 0
+            && self.elements_added == 0
+            && self.elements_removed == 0
+            && self.chains_added == 0
+            && self.chains_replaced == 0
+            && self.chains_removed == 0
+            && self.map_changes == 0
+    }
+}
+
+/// Whether `name` is a chain, set or map this crate owns.
+pub fn is_own(name: &str) -> bool {
+    OWN_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Rendered policy and profile chains of the previous [`render_cached`], reused when a chain's
+/// rules and the presence of the sets they refer to are unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct RenderCache {
+    chains: BTreeMap<String, CachedChain>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedChain {
+    /// What the chain was rendered from: policy or profile rules, or an endpoint direction.
+    source: ChainSource,
+    /// What else the rendering depended on (sets, policies and profiles present).
+    presence: Vec<bool>,
+    rendered: Arc<[String]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ChainSource {
+    Rules(Vec<CompiledRule>),
+    Endpoint(DirectionProgram),
+}
+
+/// A [`ChainSource`] borrowed from the program, compared before anything is cloned.
+#[derive(Clone, Copy)]
+enum SourceRef<'a> {
+    Rules(&'a [CompiledRule]),
+    Endpoint(&'a DirectionProgram),
+}
+
+impl SourceRef<'_> {
+    fn is(self, owned: &ChainSource) -> bool {
+        match (self, owned) {
+            (SourceRef::Rules(a), ChainSource::Rules(b)) => a == b.as_slice(),
+            (SourceRef::Endpoint(a), ChainSource::Endpoint(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn to_owned(self) -> ChainSource {
+        match self {
+            SourceRef::Rules(rules) => ChainSource::Rules(rules.to_vec()),
+            SourceRef::Endpoint(direction) => ChainSource::Endpoint(direction.clone()),
+        }
+    }
+}
+
+/// Renders `program` for the endpoints in `interfaces` (endpoint key, as in
+/// [`Program::endpoints`], to interface name). Endpoints without an interface are not rendered;
+/// interfaces without an endpoint program are dropped by the workload-prefix rule.
+pub fn render(
+    program: &Program,
+    interfaces: &BTreeMap<String, String>,
+    config: &Config,
+) -> Ruleset {
+    render_cached(program, interfaces, config, &mut RenderCache::default())
+}
+
+/// [`render`], reusing (and then replacing) `cache`: only chains whose rules changed are
+/// rendered again.
+pub fn render_cached(
+    program: &Program,
+    interfaces: &BTreeMap<String, String>,
+    config: &Config,
+    cache: &mut RenderCache,
+) -> Ruleset {
+    let mut ruleset = Ruleset {
+        workload_prefix: config.workload_prefix.clone(),
+        ..Ruleset::default()
+    };
+    for (id, nets) in &program.ip_sets {
+        for net in nets {
+            let (kind, element) = match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => (SetKind::Hosts4, n.addr().to_string()),
+                IpNet::V6(n) if n.prefix_len() == 128 => (SetKind::Hosts6, n.addr().to_string()),
+                IpNet::V4(n) => (SetKind::Nets4, n.trunc().to_string()),
+                IpNet::V6(n) => (SetKind::Nets6, n.trunc().to_string()),
+            };
+            insert_element(&mut ruleset.sets, ip_set_name(*id, kind), kind, element);
+        }
+    }
+    for (id, members) in &program.named_port_sets {
+        for member in members {
+            // Named ports belong to endpoint addresses: the host address stands for the net.
+            let kind = match member.net {
+                IpNet::V4(_) => SetKind::NamedPorts4,
+                IpNet::V6(_) => SetKind::NamedPorts6,
+            };
+            let element = format!(
+                "{} . {} . {}",
+                member.net.addr(),
+                member.protocol.0,
+                member.port
+            );
+            insert_element(
+                &mut ruleset.sets,
+                named_port_set_name(*id, kind),
+                kind,
+                element,
+            );
+        }
+    }
+    let presence = SetPresence::of(&ruleset.sets);
+    let renderer = RuleRenderer {
+        sets: &ruleset.sets,
+    };
+    let mut previous = std::mem::take(&mut cache.chains);
+    let mut chains = BTreeMap::new();
+    let mut cached = |name: String,
+                      source: SourceRef<'_>,
+                      presence: Vec<bool>,
+                      render: &dyn Fn() -> Vec<String>| {
+        let entry = match previous.remove(&name) {
+            Some(hit) if hit.presence == presence && source.is(&hit.source) => hit,
+            _ => CachedChain {
+                source: source.to_owned(),
+                presence,
+                rendered: render().into(),
+            },
+        };
+        chains.insert(name.clone(), entry.rendered.clone());
+        cache.chains.insert(name, entry);
+    };
+    for (key, policy) in &program.policies {
+        for (prefix, rules) in [("pi-", &policy.ingress), ("po-", &policy.egress)] {
+            cached(
+                object_name(prefix, key),
+                SourceRef::Rules(rules),
+                presence.signature(rules),
+                &|| renderer.rules(rules, PassStyle::MarkAndReturn),
+            );
+        }
+    }
+    for (name, profile) in &program.profiles {
+        for (prefix, rules) in [("pri-", &profile.ingress), ("pro-", &profile.egress)] {
+            cached(
+                object_name(prefix, name),
+                SourceRef::Rules(rules),
+                presence.signature(rules),
+                &|| renderer.rules(rules, PassStyle::Return),
+            );
+        }
+    }
+    for (key, endpoint) in &program.endpoints {
+        let Some(ifname) = interfaces.get(key) else {
+            continue;
+        };
+        let ingress = format!("tw-{ifname}");
+        let egress = format!("fw-{ifname}");
+        for (name, direction, policy_prefix, profile_prefix) in [
+            (&ingress, &endpoint.ingress, "pi-", "pri-"),
+            (&egress, &endpoint.egress, "po-", "pro-"),
+        ] {
+            let exists = direction
+                .tiers
+                .iter()
+                .flat_map(|t| &t.policies)
+                .map(|p| program.policies.contains_key(p))
+                .chain(
+                    direction
+                        .profiles
+                        .iter()
+                        .map(|p| program.profiles.contains_key(p)),
+                )
+                .collect();
+            cached(
+                name.clone(),
+                SourceRef::Endpoint(direction),
+                exists,
+                &|| endpoint_chain(program, direction, policy_prefix, profile_prefix),
+            );
+        }
+        ruleset.to_workload.insert(ifname.clone(), ingress);
+        ruleset.from_workload.insert(ifname.clone(), egress);
+    }
+    ruleset.chains = chains;
+    ruleset
+}
+
+/// The script that deletes every object of ours in `existing` (names as listed from the
+/// kernel) and creates `ruleset`, in one transaction.
+pub fn full_script(ruleset: &Ruleset, existing: &[String]) -> (String, ApplyStats) {
+    let mut s = String::new();
+    let mut stats = ApplyStats {
+        full: true,
+        ..ApplyStats::default()
+    };
+    let _ = writeln!(s, "add table inet {TABLE}");
+    let own: Vec<&String> = existing.iter().filter(|n| is_own(n)).collect();
+    let (maps_and_sets, chains): (Vec<&String>, Vec<&String>) = own
+        .iter()
+        .partition(|n| n.starts_with("pol-s") || n.starts_with("pol-np") || n.ends_with("-wl"));
+    // Remove rules (and map elements) before the chains and sets they refer to.
+    for chain in &chains {
+        let _ = writeln!(s, "flush chain inet {TABLE} {chain}");
+    }
+    for set in &maps_and_sets {
+        let _ = writeln!(s, "flush {} inet {TABLE} {set}", set_or_map(set));
+    }
+    for chain in &chains {
+        let _ = writeln!(s, "delete chain inet {TABLE} {chain}");
+        stats.chains_removed += 1;
+    }
+    for set in &maps_and_sets {
+        let _ = writeln!(s, "delete {} inet {TABLE} {set}", set_or_map(set));
+        stats.sets_removed += 1;
+    }
+    for map in [FROM_WORKLOAD_MAP, TO_WORKLOAD_MAP] {
+        let _ = writeln!(s, "add map inet {TABLE} {map} {{ type ifname : verdict; }}");
+    }
+    for (name, set) in &ruleset.sets {
+        add_set(&mut s, name, set, &mut stats);
+    }
+    for name in ruleset.chains.keys() {
+        let _ = writeln!(s, "add chain inet {TABLE} {name}");
+        stats.chains_added += 1;
+    }
+    for (name, rules) in &ruleset.chains {
+        add_rules(&mut s, name, rules);
+    }
+    stats.map_changes += add_map_elements(&mut s, FROM_WORKLOAD_MAP, ruleset.from_workload.iter());
+    stats.map_changes += add_map_elements(&mut s, TO_WORKLOAD_MAP, ruleset.to_workload.iter());
+    for (chain, priority, map, key) in [
+        (EGRESS_BASE_CHAIN, "filter", FROM_WORKLOAD_MAP, "iifname"),
+        (INGRESS_BASE_CHAIN, "filter + 1", TO_WORKLOAD_MAP, "oifname"),
+    ] {
+        let _ = writeln!(
+            s,
+            "add chain inet {TABLE} {chain} {{ type filter hook forward priority {priority}; policy accept; }}"
+        );
+        let rules = [
+            "ct state established,related accept".to_string(),
+            "ct state invalid drop".to_string(),
+            format!("{key} vmap @{map}"),
+            format!("{key} \"{}*\" drop", ruleset.workload_prefix),
+        ];
+        add_rules(&mut s, chain, &rules);
+    }
+    stats.script_bytes = s.len();
+    (s, stats)
+}
+
+/// The script that turns installed state `old` into `new`, in one transaction: sets first,
+/// then chains, then map elements; removals in reverse. Empty when nothing changed.
+pub fn delta_script(old: &Ruleset, new: &Ruleset) -> (String, ApplyStats) {
+    let mut s = String::new();
+    let mut stats = ApplyStats::default();
+    // 1. Sets: new ones, then changed elements.
+    for (name, set) in &new.sets {
+        match old.sets.get(name) {
+            None => add_set(&mut s, name, set, &mut stats),
+            Some(installed) if installed == set => {}
+            Some(installed) if set.kind.is_interval() || installed.kind != set.kind => {
+                if installed.kind != set.kind {
+                    let _ = writeln!(s, "delete set inet {TABLE} {name}");
+                    let _ = writeln!(
+                        s,
+                        "add set inet {TABLE} {name} {{ {} }}",
+                        set.kind.declaration()
+                    );
+                } else {
+                    let _ = writeln!(s, "flush set inet {TABLE} {name}");
+                    stats.elements_removed += installed.elements.len();
+                }
+                stats.elements_added += add_elements(&mut s, name, set.elements.iter());
+            }
+            Some(installed) => {
+                let removed = installed.elements.difference(&set.elements);
+                stats.elements_removed += element_command(&mut s, "delete", name, removed);
+                let added = set.elements.difference(&installed.elements);
+                stats.elements_added += add_elements(&mut s, name, added);
+            }
+        }
+    }
+    // 2. Chains: declare new ones (jumps may point at them), then (re)fill.
+    for name in new.chains.keys() {
+        if !old.chains.contains_key(name) {
+            let _ = writeln!(s, "add chain inet {TABLE} {name}");
+            stats.chains_added += 1;
+        }
+    }
+    for (name, rules) in &new.chains {
+        match old.chains.get(name) {
+            Some(installed) if Arc::ptr_eq(installed, rules) || installed == rules => continue,
+            Some(_) => {
+                let _ = writeln!(s, "flush chain inet {TABLE} {name}");
+                stats.chains_replaced += 1;
+            }
+            None => {}
+        }
+        add_rules(&mut s, name, rules);
+    }
+    // 3. Verdict maps.
+    for (map, installed, desired) in [
+        (FROM_WORKLOAD_MAP, &old.from_workload, &new.from_workload),
+        (TO_WORKLOAD_MAP, &old.to_workload, &new.to_workload),
+    ] {
+        let stale = installed
+            .iter()
+            .filter(|(k, v)| desired.get(*k) != Some(v))
+            .map(|(k, _)| format!("\"{k}\""));
+        stats.map_changes += element_command(&mut s, "delete", map, stale);
+        let fresh = desired.iter().filter(|(k, v)| installed.get(*k) != Some(v));
+        stats.map_changes += add_map_elements(&mut s, map, fresh);
+    }
+    // 4. Removed chains: empty them all first (they may jump to each other), then delete.
+    let removed_chains: Vec<&String> = old
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+        .collect();
+    for name in &removed_chains {
+        let _ = writeln!(s, "flush chain inet {TABLE} {name}");
+    }
+    for name in &removed_chains {
+        let _ = writeln!(s, "delete chain inet {TABLE} {name}");
+        stats.chains_removed += 1;
+    }
+    // 5. Removed sets, once no rule refers to them.
+    for name in old.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
+        let _ = writeln!(s, "delete set inet {TABLE} {name}");
+        stats.sets_removed += 1;
+    }
+    stats.script_bytes = s.len();
+    (s, stats)
+}
+
+/// A chain or set name: `prefix` + `key` when `key` is made of characters nft accepts in a
+/// name, else `prefix` + a hash of `key`.
+pub fn object_name(prefix: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key.len() + prefix.len() <= MAX_NAME
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if plain {
+        format!("{prefix}{key}")
+    } else {
+        // FNV-1a, 64 bits: stable across runs and builds.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{prefix}h{hash:016x}")
+    }
+}
+
+/// The nft keyword for one of our set or map names.
+fn set_or_map(name: &str) -> &'static str {
+    if name == FROM_WORKLOAD_MAP || name == TO_WORKLOAD_MAP {
+        "map"
+    } else {
+        "set"
+    }
+}
+
+fn ip_set_name(id: IpSetId, kind: SetKind) -> String {
+    let suffix = match kind {
+        SetKind::Hosts4 => "4h",
+        SetKind::Nets4 => "4n",
+        SetKind::Hosts6 => "6h",
+        SetKind::Nets6 => "6n",
+        SetKind::NamedPorts4 => "4",
+        SetKind::NamedPorts6 => "6",
+    };
+    format!("pol-s{}-{suffix}", id.0)
+}
+
+fn named_port_set_name(id: IpSetId, kind: SetKind) -> String {
+    let family = if kind == SetKind::NamedPorts6 { 6 } else { 4 };
+    format!("pol-np{}-{family}", id.0)
+}
+
+fn insert_element(
+    sets: &mut BTreeMap<String, NftSet>,
+    name: String,
+    kind: SetKind,
+    element: String,
+) {
+    sets.entry(name)
+        .or_insert_with(|| NftSet {
+            kind,
+            elements: BTreeSet::new(),
+        })
+        .elements
+        .insert(element);
+}
+
+fn add_set(s: &mut String, name: &str, set: &NftSet, stats: &mut ApplyStats) {
+    let _ = writeln!(
+        s,
+        "add set inet {TABLE} {name} {{ {} }}",
+        set.kind.declaration()
+    );
+    stats.sets_added += 1;
+    stats.elements_added += add_elements(s, name, set.elements.iter());
+}
+
+fn add_elements<'a>(
+    s: &mut String,
+    set: &str,
+    elements: impl Iterator<Item = &'a String>,
+) -> usize {
+    element_command(s, "add", set, elements)
+}
+
+/// Writes `<verb> element inet felis <set> { e1, e2, ... }` unless there are no elements;
+/// returns how many.
+fn element_command<T: AsRef<str>>(
+    s: &mut String,
+    verb: &str,
+    set: &str,
+    elements: impl Iterator<Item = T>,
+) -> usize {
+    let mut count = 0;
+    let mut line = String::new();
+    for element in elements {
+        line.push_str(if count == 0 { "" } else { ", " });
+        line.push_str(element.as_ref());
+        count += 1;
+    }
+    if count > 0 {
+        let _ = writeln!(s, "{verb} element inet {TABLE} {set} {{ {line} }}");
+    }
+    count
+}
+
+fn add_map_elements<'a>(
+    s: &mut String,
+    map: &str,
+    elements: impl Iterator<Item = (&'a String, &'a String)>,
+) -> usize {
+    element_command(
+        s,
+        "add",
+        map,
+        elements.map(|(ifname, chain)| format!("\"{ifname}\" : goto {chain}")),
+    )
+}
+
+fn add_rules(s: &mut String, chain: &str, rules: &[String]) {
+    for rule in rules {
+        let _ = writeln!(s, "add rule inet {TABLE} {chain} {rule}");
+    }
+}
+
+/// The endpoint chain of one direction: its tiers, then its profiles, then drop.
+fn endpoint_chain(
+    program: &Program,
+    direction: &DirectionProgram,
+    policy_prefix: &str,
+    profile_prefix: &str,
+) -> Vec<String> {
+    let clear = format!("meta mark set meta mark & {:#010x}", !PASS_MARK);
+    let unless_passed = format!("meta mark & {PASS_MARK:#010x} == 0");
+    let mut rules = vec![clear.clone()];
+    for tier in &direction.tiers {
+        let mut first = true;
+        for key in &tier.policies {
+            if !program.policies.contains_key(key) {
+                continue;
+            }
+            let chain = object_name(policy_prefix, key);
+            rules.push(if first {
+                format!("jump {chain}")
+            } else {
+                format!("{unless_passed} jump {chain}")
+            });
+            first = false;
+        }
+        match (tier.default_action, first) {
+            (TierDefaultAction::Deny, true) => rules.push("drop".to_string()),
+            (TierDefaultAction::Deny, false) => rules.push(format!("{unless_passed} drop")),
+            (TierDefaultAction::Pass, _) => {}
+        }
+        if !first {
+            rules.push(clear.clone());
+        }
+    }
+    for name in &direction.profiles {
+        if program.profiles.contains_key(name) {
+            rules.push(format!("jump {}", object_name(profile_prefix, name)));
+        }
+    }
+    rules.push("drop".to_string());
+    rules
+}
+
+/// Which component sets (hosts/CIDRs per family, named ports per family) exist, by set id.
+struct SetPresence {
+    ip: BTreeMap<IpSetId, [bool; 4]>,
+    named: BTreeMap<IpSetId, [bool; 2]>,
+}
+
+impl SetPresence {
+    fn of(sets: &BTreeMap<String, NftSet>) -> SetPresence {
+        let mut presence = SetPresence {
+            ip: BTreeMap::new(),
+            named: BTreeMap::new(),
+        };
+        for name in sets.keys() {
+            let parsed = name
+                .strip_prefix("pol-s")
+                .map(|rest| (false, rest))
+                .or_else(|| name.strip_prefix("pol-np").map(|rest| (true, rest)));
+            let Some((named, rest)) = parsed else {
+                continue;
+            };
+            let Some((id, suffix)) = rest.split_once('-') else {
+                continue;
+            };
+            let Ok(id) = id.parse::<u32>() else {
+                continue;
+            };
+            let id = IpSetId(id);
+            match (named, suffix) {
+                (false, suffix) => {
+                    let index = ["4h", "4n", "6h", "6n"].iter().position(|s| *s == suffix);
+                    if let Some(index) = index {
+                        presence.ip.entry(id).or_default()[index] = true;
+                    }
+                }
+                (true, "4") => presence.named.entry(id).or_default()[0] = true,
+                (true, _) => presence.named.entry(id).or_default()[1] = true,
+            }
+        }
+        presence
+    }
+
+    /// What rendering `rules` depends on besides the rules themselves.
+    fn signature(&self, rules: &[CompiledRule]) -> Vec<bool> {
+        let mut signature = Vec::new();
+        for m in rules.iter().flat_map(|r| &r.matches) {
+            match m {
+                Match::Set { set, .. } => {
+                    signature.extend(self.ip.get(set).copied().unwrap_or_default());
+                }
+                Match::Ports { named, .. } => {
+                    for id in named {
+                        signature.extend(self.named.get(id).copied().unwrap_or_default());
+                    }
+                }
+                _ => {}
+            }
+        }
+        signature
+    }
+}
+
+/// How a Pass rule is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassStyle {
+    /// In a policy chain: mark, and return to the endpoint chain, which skips the tier.
+    MarkAndReturn,
+    /// In a profile chain: return (the next profile is tried).
+    Return,
+}
+
+struct RuleRenderer<'a> {
+    sets: &'a BTreeMap<String, NftSet>,
+}
+
+impl RuleRenderer<'_> {
+    fn rules(&self, rules: &[CompiledRule], pass: PassStyle) -> Vec<String> {
+        rules.iter().flat_map(|r| self.rule(r, pass)).collect()
+    }
+
+    /// One compiled rule as nft rules: one per family it can match, and per combination of
+    /// alternatives (an address in a hash set or in an interval set, say).
+    fn rule(&self, rule: &CompiledRule, pass: PassStyle) -> Vec<String> {
+        let action = match (rule.action, pass) {
+            (Action::Allow, _) => "accept".to_string(),
+            (Action::Deny, _) => "drop".to_string(),
+            (Action::Log, _) => format!("log prefix \"{LOG_PREFIX}\""),
+            (Action::Pass, PassStyle::MarkAndReturn) => {
+                format!("meta mark set meta mark | {PASS_MARK:#010x} return")
+            }
+            (Action::Pass, PassStyle::Return) => "return".to_string(),
+        };
+        if rule.matches.contains(&Match::Never) {
+            return Vec::new();
+        }
+        let version = rule.matches.iter().find_map(|m| match m {
+            Match::IpVersion(v) => Some(*v),
+            _ => None,
+        });
+        let family_specific = rule.matches.iter().any(|m| match m {
+            Match::Set { .. } | Match::Nets { .. } | Match::Icmp { .. } => true,
+            Match::Ports { named, .. } => !named.is_empty(),
+            Match::Never | Match::IpVersion(_) | Match::Protocol { .. } => false,
+        });
+        let families: Vec<Option<IpVersion>> = match version {
+            Some(v) => vec![Some(v)],
+            None if family_specific => vec![Some(IpVersion::V4), Some(IpVersion::V6)],
+            None => vec![None],
+        };
+        let mut out = Vec::new();
+        for family in families {
+            let mut conditions: Vec<Vec<String>> = Vec::new();
+            if let Some(family) = family {
+                conditions.push(vec![format!("meta nfproto {}", nfproto(family))]);
+            }
+            for m in &rule.matches {
+                conditions.push(self.condition(m, family));
+            }
+            expand(&conditions, &action, &mut out);
+        }
+        out
+    }
+
+    /// One condition as alternatives (any may hold): an empty string always holds; no
+    /// alternatives at all means the condition can never hold.
+    fn condition(&self, m: &Match, family: Option<IpVersion>) -> Vec<String> {
+        match m {
+            Match::Never => Vec::new(),
+            Match::IpVersion(_) => vec![String::new()],
+            Match::Protocol { protocol, negated } => {
+                vec![format!("meta l4proto {}{}", not(*negated), protocol.0)]
+            }
+            Match::Icmp { icmp, negated } => {
+                let (proto, name) = match family {
+                    Some(IpVersion::V6) => (Protocol::ICMPV6.0, "icmpv6"),
+                    _ => (Protocol::ICMP.0, "icmp"),
+                };
+                let t = icmp.icmp_type;
+                if *negated {
+                    let mut alternatives = vec![
+                        format!("meta l4proto != {proto}"),
+                        format!("meta l4proto {proto} {name} type != {t}"),
+                    ];
+                    if let Some(code) = icmp.code {
+                        alternatives.push(format!(
+                            "meta l4proto {proto} {name} type {t} {name} code != {code}"
+                        ));
+                    }
+                    alternatives
+                } else {
+                    let code = icmp
+                        .code
+                        .map(|c| format!(" {name} code {c}"))
+                        .unwrap_or_default();
+                    vec![format!("meta l4proto {proto} {name} type {t}{code}")]
+                }
+            }
+            Match::Nets {
+                side,
+                nets,
+                negated,
+            } => {
+                let Some(family) = family else {
+                    return Vec::new();
+                };
+                let nets: Vec<String> = nets
+                    .iter()
+                    .filter(|n| IpVersion::of_net(n) == family)
+                    .map(|n| n.trunc().to_string())
+                    .collect();
+                match (nets.is_empty(), *negated) {
+                    (true, false) => Vec::new(),
+                    (true, true) => vec![String::new()],
+                    (false, negated) => vec![format!(
+                        "{} {}{{ {} }}",
+                        address(family, *side),
+                        not(negated),
+                        nets.join(", ")
+                    )],
+                }
+            }
+            Match::Set { side, set, negated } => {
+                let Some(family) = family else {
+                    return Vec::new();
+                };
+                let kinds = match family {
+                    IpVersion::V4 => [SetKind::Hosts4, SetKind::Nets4],
+                    IpVersion::V6 => [SetKind::Hosts6, SetKind::Nets6],
+                };
+                let present: Vec<String> = kinds
+                    .iter()
+                    .map(|k| ip_set_name(*set, *k))
+                    .filter(|n| self.sets.contains_key(n))
+                    .collect();
+                let address = address(family, *side);
+                if *negated {
+                    let all: Vec<String> = present
+                        .iter()
+                        .map(|n| format!("{address} != @{n}"))
+                        .collect();
+                    vec![all.join(" ")]
+                } else {
+                    present.iter().map(|n| format!("{address} @{n}")).collect()
+                }
+            }
+            Match::Ports {
+                side,
+                ranges,
+                named,
+                negated,
+            } => {
+                let port = match side {
+                    Side::Source => "th sport",
+                    Side::Destination => "th dport",
+                };
+                let ranges: Vec<String> = ranges
+                    .iter()
+                    .map(|(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
+                let named: Vec<String> = match family {
+                    Some(family) => {
+                        let kind = match family {
+                            IpVersion::V4 => SetKind::NamedPorts4,
+                            IpVersion::V6 => SetKind::NamedPorts6,
+                        };
+                        named
+                            .iter()
+                            .map(|id| named_port_set_name(*id, kind))
+                            .filter(|n| self.sets.contains_key(n))
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                let tuple = family
+                    .map(|f| format!("{} . meta l4proto . {port}", address(f, *side)))
+                    .unwrap_or_default();
+                let guard = format!("meta l4proto {PORT_PROTOCOLS}");
+                if *negated {
+                    let mut all = vec![guard];
+                    if !ranges.is_empty() {
+                        all.push(format!("{port} != {{ {} }}", ranges.join(", ")));
+                    }
+                    all.extend(named.iter().map(|n| format!("{tuple} != @{n}")));
+                    vec![format!("meta l4proto != {PORT_PROTOCOLS}"), all.join(" ")]
+                } else {
+                    let mut alternatives = Vec::new();
+                    if !ranges.is_empty() {
+                        alternatives.push(format!("{guard} {port} {{ {} }}", ranges.join(", ")));
+                    }
+                    alternatives.extend(named.iter().map(|n| format!("{tuple} @{n}")));
+                    alternatives
+                }
+            }
+        }
+    }
+}
+
+/// Appends one rule per combination of alternatives of `conditions`.
+fn expand(conditions: &[Vec<String>], action: &str, out: &mut Vec<String>) {
+    let mut partial = vec![String::new()];
+    for alternatives in conditions {
+        let mut next = Vec::with_capacity(partial.len() * alternatives.len());
+        for prefix in &partial {
+            for alternative in alternatives {
+                let mut rule = prefix.clone();
+                if !alternative.is_empty() {
+                    if !rule.is_empty() {
+                        rule.push(' ');
+                    }
+                    rule.push_str(alternative);
+                }
+                next.push(rule);
+            }
+        }
+        partial = next;
+    }
+    for rule in partial {
+        if rule.is_empty() {
+            out.push(action.to_string());
+        } else {
+            out.push(format!("{rule} {action}"));
+        }
+    }
+}
+
+fn nfproto(family: IpVersion) -> &'static str {
+    match family {
+        IpVersion::V4 => "ipv4",
+        IpVersion::V6 => "ipv6",
+    }
+}
+
+fn address(family: IpVersion, side: Side) -> &'static str {
+    match (family, side) {
+        (IpVersion::V4, Side::Source) => "ip saddr",
+        (IpVersion::V4, Side::Destination) => "ip daddr",
+        (IpVersion::V6, Side::Source) => "ip6 saddr",
+        (IpVersion::V6, Side::Destination) => "ip6 daddr",
+    }
+}
+
+fn not(negated: bool) -> &'static str {
+    if negated { "!= " } else { "" }
+}
+
+#[cfg(test)]
+mod tests {
+    use felis_policy::IcmpMatch;
+    use felis_policy::NamedPortMember;
+    use felis_policy::program::EndpointProgram;
+    use felis_policy::program::PolicyProgram;
+    use felis_policy::program::ProfileProgram;
+    use felis_policy::program::TierProgram;
+
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn rule(action: Action, matches: Vec<Match>) -> CompiledRule {
+        CompiledRule { action, matches }
+    }
+
+    /// Two tiers (security: Pass then default deny; default: allow web), a profile, two
+    /// endpoints of which one has an interface.
+    fn program() -> Program {
+        let mut program = Program::default();
+        program.ip_sets.insert(
+            IpSetId(0),
+            vec![net("10.0.0.1/32"), net("10.1.0.0/16"), net("fd00::1/128")],
+        );
+        program.named_port_sets.insert(
+            IpSetId(1),
+            vec![NamedPortMember {
+                net: net("10.0.0.2/32"),
+                protocol: Protocol::TCP,
+                port: 8080,
+            }],
+        );
+        program.policies.insert(
+            "security".to_string(),
+            PolicyProgram {
+                tier: "security".to_string(),
+                namespace: None,
+                name: "security".to_string(),
+                ingress: vec![
+                    rule(
+                        Action::Log,
+                        vec![Match::Icmp {
+                            icmp: IcmpMatch {
+                                icmp_type: 8,
+                                code: Some(0),
+                            },
+                            negated: false,
+                        }],
+                    ),
+                    rule(
+                        Action::Pass,
+                        vec![Match::Set {
+                            side: Side::Source,
+                            set: IpSetId(0),
+                            negated: false,
+                        }],
+                    ),
+                ],
+                egress: vec![],
+            },
+        );
+        program.policies.insert(
+            "prod/web".to_string(),
+            PolicyProgram {
+                tier: "default".to_string(),
+                namespace: Some("prod".to_string()),
+                name: "web".to_string(),
+                ingress: vec![
+                    rule(
+                        Action::Allow,
+                        vec![
+                            Match::Protocol {
+                                protocol: Protocol::TCP,
+                                negated: false,
+                            },
+                            Match::Ports {
+                                side: Side::Destination,
+                                ranges: vec![(80, 80), (8000, 8100)],
+                                named: vec![IpSetId(1)],
+                                negated: false,
+                            },
+                        ],
+                    ),
+                    rule(
+                        Action::Deny,
+                        vec![
+                            Match::IpVersion(IpVersion::V4),
+                            Match::Nets {
+                                side: Side::Source,
+                                nets: vec![net("192.168.0.0/16")],
+                                negated: true,
+                            },
+                        ],
+                    ),
+                    rule(Action::Allow, vec![Match::Never]),
+                ],
+                egress: vec![rule(Action::Allow, vec![])],
+            },
+        );
+        program.profiles.insert(
+            "kns.prod".to_string(),
+            ProfileProgram {
+                ingress: vec![rule(Action::Allow, vec![])],
+                egress: vec![rule(Action::Pass, vec![])],
+            },
+        );
+        let tiers = vec![
+            TierProgram {
+                tier: "security".to_string(),
+                policies: vec!["security".to_string()],
+                default_action: TierDefaultAction::Deny,
+            },
+            TierProgram {
+                tier: "default".to_string(),
+                policies: vec!["prod/web".to_string()],
+                default_action: TierDefaultAction::Deny,
+            },
+        ];
+        let endpoint = EndpointProgram {
+            ingress: DirectionProgram {
+                tiers,
+                profiles: vec!["kns.prod".to_string()],
+            },
+            egress: DirectionProgram {
+                tiers: vec![],
+                profiles: vec!["kns.prod".to_string(), "missing".to_string()],
+            },
+        };
+        program
+            .endpoints
+            .insert("prod/web-1".to_string(), endpoint.clone());
+        program
+            .endpoints
+            .insert("prod/no-interface".to_string(), endpoint);
+        program
+    }
+
+    fn interfaces() -> BTreeMap<String, String> {
+        BTreeMap::from([("prod/web-1".to_string(), "cali1".to_string())])
+    }
+
+    fn text(ruleset: &Ruleset) -> String {
+        let mut s = String::new();
+        for (name, set) in &ruleset.sets {
+            let elements: Vec<&str> = set.elements.iter().map(String::as_str).collect();
+            let _ = writeln!(s, "set {name} {:?} {}", set.kind, elements.join(", "));
+        }
+        for (name, rules) in &ruleset.chains {
+            let _ = writeln!(s, "chain {name}");
+            for rule in rules.iter() {
+                let _ = writeln!(s, "  {rule}");
+            }
+        }
+        for (ifname, chain) in &ruleset.from_workload {
+            let _ = writeln!(s, "from {ifname} -> {chain}");
+        }
+        for (ifname, chain) in &ruleset.to_workload {
+            let _ = writeln!(s, "to {ifname} -> {chain}");
+        }
+        s
+    }
+
+    const GOLDEN: &str = r#"set pol-np1-4 NamedPorts4 10.0.0.2 . 6 . 8080
+set pol-s0-4h Hosts4 10.0.0.1
+set pol-s0-4n Nets4 10.1.0.0/16
+set pol-s0-6h Hosts6 fd00::1
+chain fw-cali1
+  meta mark set meta mark & 0xffefffff
+  jump pro-kns.prod
+  drop
+chain pi-prod/web
+  meta nfproto ipv4 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
+  meta nfproto ipv4 meta l4proto 6 ip daddr . meta l4proto . th dport @pol-np1-4 accept
+  meta nfproto ipv6 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
+  meta nfproto ipv4 ip saddr != { 192.168.0.0/16 } drop
+chain pi-security
+  meta nfproto ipv4 meta l4proto 1 icmp type 8 icmp code 0 log prefix "calico-packet: "
+  meta nfproto ipv6 meta l4proto 58 icmpv6 type 8 icmpv6 code 0 log prefix "calico-packet: "
+  meta nfproto ipv4 ip saddr @pol-s0-4h meta mark set meta mark | 0x00100000 return
+  meta nfproto ipv4 ip saddr @pol-s0-4n meta mark set meta mark | 0x00100000 return
+  meta nfproto ipv6 ip6 saddr @pol-s0-6h meta mark set meta mark | 0x00100000 return
+chain po-prod/web
+  accept
+chain po-security
+chain pri-kns.prod
+  accept
+chain pro-kns.prod
+  return
+chain tw-cali1
+  meta mark set meta mark & 0xffefffff
+  jump pi-security
+  meta mark & 0x00100000 == 0 drop
+  meta mark set meta mark & 0xffefffff
+  jump pi-prod/web
+  meta mark & 0x00100000 == 0 drop
+  meta mark set meta mark & 0xffefffff
+  jump pri-kns.prod
+  drop
+from cali1 -> fw-cali1
+to cali1 -> tw-cali1
+"#;
+
+    #[test]
+    fn renders_golden_program() {
+        let ruleset = render(&program(), &interfaces(), &Config::default());
+        let actual = text(&ruleset);
+        if actual != GOLDEN {
+            panic!("rendering changed:\n{actual}");
+        }
+    }
+
+    #[test]
+    fn full_script_deletes_only_own_objects_before_recreating() {
+        let ruleset = render(&program(), &interfaces(), &Config::default());
+        let existing = [
+            "nat-postrouting",
+            "masq-ipam-pools-v4",
+            "pol-forward-egress",
+            "pol-from-wl",
+            "pol-s9-4h",
+            "tw-cali7",
+        ]
+        .map(String::from);
+        let (script, stats) = full_script(&ruleset, &existing);
+        assert!(stats.full);
+        assert!(!script.contains("nat-postrouting"));
+        assert!(!script.contains("masq-ipam"));
+        let position = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing from\n{script}"))
+        };
+        assert!(
+            position("flush chain inet felis tw-cali7")
+                < position("flush map inet felis pol-from-wl")
+        );
+        assert!(
+            position("flush map inet felis pol-from-wl")
+                < position("delete chain inet felis tw-cali7")
+        );
+        assert!(
+            position("delete chain inet felis tw-cali7")
+                < position("delete set inet felis pol-s9-4h")
+        );
+        assert!(
+            position("delete set inet felis pol-s9-4h") < position("add set inet felis pol-s0-4h")
+        );
+        assert!(
+            position("add set inet felis pol-s0-4h") < position("add rule inet felis pi-security")
+        );
+        assert!(
+            position("add chain inet felis tw-cali1\n")
+                < position("add element inet felis pol-to-wl")
+        );
+        assert!(script.contains("add rule inet felis pol-forward-ingress oifname \"cali*\" drop"));
+        assert_eq!(stats.chains_removed, 2);
+        assert_eq!(stats.sets_removed, 2);
+    }
+
+    #[test]
+    fn unchanged_program_has_empty_delta() {
+        let ruleset = render(&program(), &interfaces(), &Config::default());
+        let (script, stats) = delta_script(&ruleset, &ruleset.clone());
+        assert_eq!(script, "");
+        assert!(stats.is_empty());
+    }
+
+    #[test]
+    fn delta_adds_sets_before_rules_and_removes_rules_before_sets() {
+        let old = render(&program(), &interfaces(), &Config::default());
+        let mut changed = program();
+        // A new host joins set 0, the CIDR leaves it, and set 1 goes away with its rule.
+        changed.ip_sets.insert(
+            IpSetId(0),
+            vec![net("10.0.0.1/32"), net("10.0.0.9/32"), net("fd00::1/128")],
+        );
+        changed.named_port_sets.clear();
+        let mut new_ifaces = interfaces();
+        new_ifaces.insert("prod/no-interface".to_string(), "cali2".to_string());
+        let new = render(&changed, &new_ifaces, &Config::default());
+        let (script, stats) = delta_script(&old, &new);
+        let expected = "\
+add element inet felis pol-s0-4h { 10.0.0.9 }
+add chain inet felis fw-cali2
+add chain inet felis tw-cali2
+add rule inet felis fw-cali2 meta mark set meta mark & 0xffefffff
+add rule inet felis fw-cali2 jump pro-kns.prod
+add rule inet felis fw-cali2 drop
+flush chain inet felis pi-prod/web
+add rule inet felis pi-prod/web meta nfproto ipv4 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
+add rule inet felis pi-prod/web meta nfproto ipv6 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
+add rule inet felis pi-prod/web meta nfproto ipv4 ip saddr != { 192.168.0.0/16 } drop
+flush chain inet felis pi-security
+add rule inet felis pi-security meta nfproto ipv4 meta l4proto 1 icmp type 8 icmp code 0 log prefix \"calico-packet: \"
+add rule inet felis pi-security meta nfproto ipv6 meta l4proto 58 icmpv6 type 8 icmpv6 code 0 log prefix \"calico-packet: \"
+add rule inet felis pi-security meta nfproto ipv4 ip saddr @pol-s0-4h meta mark set meta mark | 0x00100000 return
+add rule inet felis pi-security meta nfproto ipv6 ip6 saddr @pol-s0-6h meta mark set meta mark | 0x00100000 return
+add rule inet felis tw-cali2 meta mark set meta mark & 0xffefffff
+add rule inet felis tw-cali2 jump pi-security
+add rule inet felis tw-cali2 meta mark & 0x00100000 == 0 drop
+add rule inet felis tw-cali2 meta mark set meta mark & 0xffefffff
+add rule inet felis tw-cali2 jump pi-prod/web
+add rule inet felis tw-cali2 meta mark & 0x00100000 == 0 drop
+add rule inet felis tw-cali2 meta mark set meta mark & 0xffefffff
+add rule inet felis tw-cali2 jump pri-kns.prod
+add rule inet felis tw-cali2 drop
+add element inet felis pol-from-wl { \"cali2\" : goto fw-cali2 }
+add element inet felis pol-to-wl { \"cali2\" : goto tw-cali2 }
+delete set inet felis pol-np1-4
+delete set inet felis pol-s0-4n
+";
+        assert_eq!(script, expected, "got:\n{script}");
+        assert_eq!(stats.elements_added, 1);
+        assert_eq!(stats.chains_added, 2);
+        assert_eq!(stats.chains_replaced, 2);
+        assert_eq!(stats.sets_removed, 2);
+        assert_eq!(stats.map_changes, 2);
+    }
+
+    #[test]
+    fn negated_matches_expand_to_alternatives() {
+        let renderer = RuleRenderer {
+            sets: &BTreeMap::new(),
+        };
+        let rules = renderer.rule(
+            &rule(
+                Action::Deny,
+                vec![
+                    Match::Icmp {
+                        icmp: IcmpMatch {
+                            icmp_type: 3,
+                            code: Some(1),
+                        },
+                        negated: true,
+                    },
+                    Match::IpVersion(IpVersion::V4),
+                    Match::Set {
+                        side: Side::Destination,
+                        set: IpSetId(4),
+                        negated: true,
+                    },
+                ],
+            ),
+            PassStyle::MarkAndReturn,
+        );
+        assert_eq!(
+            rules,
+            [
+                "meta nfproto ipv4 meta l4proto != 1 drop",
+                "meta nfproto ipv4 meta l4proto 1 icmp type != 3 drop",
+                "meta nfproto ipv4 meta l4proto 1 icmp type 3 icmp code != 1 drop",
+            ]
+        );
+        let ports = renderer.rule(
+            &rule(
+                Action::Allow,
+                vec![Match::Ports {
+                    side: Side::Source,
+                    ranges: vec![(1, 1023)],
+                    named: vec![],
+                    negated: true,
+                }],
+            ),
+            PassStyle::Return,
+        );
+        assert_eq!(
+            ports,
+            [
+                "meta l4proto != { 6, 17, 132, 136 } accept",
+                "meta l4proto { 6, 17, 132, 136 } th sport != { 1-1023 } accept",
+            ]
+        );
+        // A selector set with no members can never match.
+        let empty = renderer.rule(
+            &rule(
+                Action::Allow,
+                vec![Match::Set {
+                    side: Side::Source,
+                    set: IpSetId(4),
+                    negated: false,
+                }],
+            ),
+            PassStyle::Return,
+        );
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn cached_rendering_equals_fresh_rendering() {
+        let mut cache = RenderCache::default();
+        let first = render_cached(&program(), &interfaces(), &Config::default(), &mut cache);
+        assert_eq!(first, render(&program(), &interfaces(), &Config::default()));
+        // The CIDR leaves set 0 (its rules must drop the interval alternative) and a rule
+        // changes; the cache must not serve stale chains.
+        let mut changed = program();
+        changed
+            .ip_sets
+            .insert(IpSetId(0), vec![net("10.0.0.1/32"), net("fd00::1/128")]);
+        if let Some(web) = changed.policies.get_mut("prod/web") {
+            web.egress = vec![rule(Action::Deny, vec![])];
+        }
+        let second = render_cached(&changed, &interfaces(), &Config::default(), &mut cache);
+        assert_eq!(second, render(&changed, &interfaces(), &Config::default()));
+        assert_ne!(first.chains["pi-security"], second.chains["pi-security"]);
+        assert_eq!(cache.chains.len(), 8);
+    }
+
+    #[test]
+    fn object_names_hash_unusual_keys() {
+        assert_eq!(object_name("pi-", "prod/web.x_1"), "pi-prod/web.x_1");
+        let hashed = object_name("pi-", "weird key");
+        assert!(hashed.starts_with("pi-h") && hashed.len() == 20, "{hashed}");
+        assert_ne!(hashed, object_name("pi-", "weird key2"));
+        assert!(object_name("po-", &"a".repeat(300)).len() < 30);
+    }
+}
