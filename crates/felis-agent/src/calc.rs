@@ -27,6 +27,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::Serialize;
 
+/// VXLAN's overhead on IPv4 (outer IP, UDP, VXLAN and Ethernet headers).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// IPIP's overhead (the outer IPv4 header).
+pub const IPIP_OVERHEAD: u32 = 20;
+
 /// A node as the graph needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFacts {
@@ -293,6 +298,20 @@ impl CalcGraph {
                 self.endpoints.remove(&key);
             }
         }
+    }
+
+    /// The largest encapsulation overhead among the pools (VXLAN 50, IPIP 20, none 0): what
+    /// the pod MTU gives up to the host's.
+    pub fn encap_overhead(&self) -> u32 {
+        self.pools
+            .values()
+            .map(|p| match (p.vxlan_mode, p.ipip_mode) {
+                (EncapMode::Never, EncapMode::Never) => 0,
+                (EncapMode::Never, _) => IPIP_OVERHEAD,
+                _ => VXLAN_OVERHEAD,
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether some pool uses VXLAN (so this node needs a tunnel address).
@@ -582,6 +601,26 @@ mod tests {
             }
         );
         assert_eq!(state.routes[&net("10.244.0.0/26")], RouteTarget::Blackhole);
+    }
+
+    #[test]
+    fn pod_mtu_overhead_follows_the_encapsulations_in_use() {
+        assert_eq!(
+            cluster(EncapMode::Never, EncapMode::Never).encap_overhead(),
+            0
+        );
+        assert_eq!(
+            cluster(EncapMode::CrossSubnet, EncapMode::Never).encap_overhead(),
+            20
+        );
+        let mut g = cluster(EncapMode::Always, EncapMode::Never);
+        g.apply(pool(
+            "10.96.0.0/20",
+            EncapMode::Never,
+            EncapMode::CrossSubnet,
+            false,
+        ));
+        assert_eq!(g.encap_overhead(), 50);
     }
 
     #[test]

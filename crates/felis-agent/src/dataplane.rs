@@ -36,8 +36,7 @@ pub const VXLAN_DEVICE: &str = "vxlan.calico";
 pub const VXLAN_VNI: u32 = 4096;
 /// The VXLAN UDP port.
 pub const VXLAN_PORT: u16 = 4789;
-/// VXLAN's overhead on IPv4.
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub use crate::calc::VXLAN_OVERHEAD;
 /// Workload interfaces start with this.
 pub const WORKLOAD_PREFIX: &str = "cali";
 

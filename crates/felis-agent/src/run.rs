@@ -40,7 +40,6 @@ use crate::autodetect;
 use crate::calc::CalcGraph;
 use crate::calc::Update;
 use crate::dataplane::Dataplane;
-use crate::dataplane::VXLAN_OVERHEAD;
 use crate::sync;
 
 /// How the node's address is chosen.
@@ -164,7 +163,7 @@ pub async fn run(
     let default_pool = config.default_pool.clone();
     blocking(move || register(store.as_ref(), &node_name, address, default_pool.as_ref()))
         .await??;
-    write_state(&config, host_mtu)?;
+    write_state_file(&config, "nodename", &config.node_name)?;
 
     let store = config.store.clone();
     let node_name = config.node_name.clone();
@@ -186,6 +185,7 @@ pub async fn run(
     let mut resync = tokio::time::interval(config.resync_interval);
     let mut retry_after_error = false;
     let mut tunnel_checked_for: Option<bool> = None;
+    let mut written_mtu: Option<u32> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -203,6 +203,14 @@ pub async fn run(
             }
             _ = resync.tick() => dataplane.invalidate(),
             _ = tokio::time::sleep(Duration::from_secs(1)), if retry_after_error => {}
+        }
+        // Calico's pod MTU: the host's, less the largest overhead of the encapsulations in use.
+        let pod_mtu = host_mtu.saturating_sub(graph.encap_overhead());
+        if written_mtu != Some(pod_mtu) {
+            match write_state_file(&config, "mtu", &pod_mtu.to_string()) {
+                Ok(()) => written_mtu = Some(pod_mtu),
+                Err(e) => warn!(error = %ErrorChain(&e), "writing the MTU file failed"),
+            }
         }
         let desired = graph.desired();
         // A VXLAN pool needs this node's tunnel address: allocate it once pools say so.
@@ -437,23 +445,18 @@ pub fn vtep_mac(node_name: &str) -> String {
     )
 }
 
-fn write_state(config: &Config, host_mtu: u32) -> Result<(), Error> {
+/// Writes `<state dir>/<name>` atomically (temporary file, then rename): `nodename` and `mtu`
+/// for the CNI plugin.
+fn write_state_file(config: &Config, name: &str, content: &str) -> Result<(), Error> {
     let err = |path: &std::path::Path| {
         let path = path.display().to_string();
         move |source| Error::File { path, source }
     };
     std::fs::create_dir_all(&config.state_dir).map_err(err(&config.state_dir))?;
-    let files = [
-        ("nodename", config.node_name.clone()),
-        ("mtu", host_mtu.saturating_sub(VXLAN_OVERHEAD).to_string()),
-    ];
-    for (name, content) in files {
-        let path = config.state_dir.join(name);
-        let tmp = config.state_dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, content).map_err(err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(err(&path))?;
-    }
-    Ok(())
+    let path = config.state_dir.join(name);
+    let tmp = config.state_dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).map_err(err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(err(&path))
 }
 
 async fn detect(handle: &Handle, method: &autodetect::Method) -> Result<IpNet, Error> {

@@ -23,7 +23,6 @@ use criterion::criterion_main;
 use felis_ipam::AutoAssignRequest;
 use felis_ipam::Ipam;
 use felis_ipam::Pool;
-use felis_ipam::memstore::MemStore;
 use felis_ipam::model::AllocationAttribute;
 use felis_ipam::model::Block;
 use felis_ipam::model::Handle;
@@ -33,6 +32,7 @@ use felis_ipam::model::node_key;
 use felis_ipam::resources;
 use felis_store::Datastore;
 use felis_store::TxnOp;
+use felis_store::memory::MemoryStore as MemStore;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 

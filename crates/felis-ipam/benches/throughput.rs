@@ -12,7 +12,6 @@ use std::time::SystemTime;
 use felis_ipam::AutoAssignRequest;
 use felis_ipam::Ipam;
 use felis_ipam::Pool;
-use felis_ipam::memstore::MemStore;
 use felis_ipam::model::POOL_PREFIX;
 use felis_ipam::model::node_key;
 use felis_ipam::resources;
@@ -23,6 +22,7 @@ use felis_store::Listing;
 use felis_store::Revision;
 use felis_store::TxnOp;
 use felis_store::Watch;
+use felis_store::memory::MemoryStore as MemStore;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 

@@ -21,8 +21,6 @@
 
 mod error;
 mod ipam;
-#[cfg(any(test, feature = "testing"))]
-pub mod memstore;
 pub mod model;
 pub mod pool;
 pub mod report;

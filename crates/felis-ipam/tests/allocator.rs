@@ -14,12 +14,12 @@ use felis_ipam::BlockCidr;
 use felis_ipam::Error;
 use felis_ipam::Ipam;
 use felis_ipam::TunnelKind;
-use felis_ipam::memstore::MemStore;
 use felis_ipam::model::Block;
 use felis_ipam::model::Handle;
 use felis_ipam::model::handle_key;
 use felis_ipam::report;
 use felis_store::Datastore;
+use felis_store::memory::MemoryStore as MemStore;
 
 fn store_with(pools: &[felis_ipam::Pool], nodes: &[&str]) -> MemStore {
     let store = MemStore::new();

@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use common::*;
 use felis_ipam::AutoAssignRequest;
 use felis_ipam::Ipam;
-use felis_ipam::memstore::MemStore;
 use felis_store::Datastore;
+use felis_store::memory::MemoryStore as MemStore;
 
 const NODES: [&str; 4] = ["node-a", "node-b", "node-c", "node-d"];
 const THREADS_PER_NODE: usize = 2;

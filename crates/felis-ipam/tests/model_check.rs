@@ -15,7 +15,7 @@ use common::*;
 use felis_ipam::AutoAssignRequest;
 use felis_ipam::Error;
 use felis_ipam::Ipam;
-use felis_ipam::memstore::MemStore;
+use felis_store::memory::MemoryStore as MemStore;
 use proptest::prelude::*;
 
 const NODES: [&str; 3] = ["n0", "n1", "n2"];

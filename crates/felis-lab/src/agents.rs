@@ -72,67 +72,111 @@ pub(crate) fn apply_pool(state: &State, felis_binary: &Path) -> Result<(), Error
 
 /// Starts `felis node run` on every host, then waits (up to `timeout`) for all to be ready.
 pub(crate) fn start(state: &State, felis_binary: &Path, timeout: Duration) -> Result<(), Error> {
-    let dir = state_dir(&state.plan.spec.name);
     for host in &state.plan.hosts {
-        let log_path = dir.join(format!("{}.log", host.name));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::State {
-                path: log_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        let err_log = log.try_clone().map_err(|e| Error::State {
-            path: log_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let address = format!("{}/24", host.address);
-        let host_state = dir.join(&host.name);
-        Command::new("ip")
-            .args(["netns", "exec", &host.netns])
-            .arg(felis_binary)
-            .args(["node", "run", "--nodename", &host.name, "--ip", &address])
-            .arg("--state-dir")
-            .arg(&host_state)
-            .args(["--health-address", HEALTH_ADDRESS])
-            .env("FELIS_DATASTORE", &state.datastore)
-            .env(
-                "FELIS_LOG",
-                std::env::var("FELIS_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            // Its own process group: a Ctrl-C at the terminal that ran `lab up` leaves it alone.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                command: "felis node run".into(),
-                source,
-            })?;
+        spawn_agent(state, felis_binary, host)?;
     }
-    #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
-    let deadline = Instant::now() + timeout;
     for host in &state.plan.hosts {
-        loop {
-            if is_ready(&host.netns) {
-                break;
-            }
-            #[allow(clippy::disallowed_methods)]
-            if Instant::now() > deadline {
-                let log = dir.join(format!("{}.log", host.name));
-                return Err(Error::Invalid(format!(
-                    "the agent on {} did not become ready in {}s; see {}",
-                    host.name,
-                    timeout.as_secs(),
-                    log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_ready(state, host, timeout)?;
     }
     Ok(())
+}
+
+/// Starts the agent of one host, as its own process (logs appended to `<host>.log`).
+pub(crate) fn spawn_agent(
+    state: &State,
+    felis_binary: &Path,
+    host: &crate::plan::Host,
+) -> Result<(), Error> {
+    let dir = state_dir(&state.plan.spec.name);
+    let log_path = dir.join(format!("{}.log", host.name));
+    let log_error = |e: std::io::Error| Error::State {
+        path: log_path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(log_error)?;
+    let err_log = log.try_clone().map_err(log_error)?;
+    let address = format!("{}/24", host.address);
+    Command::new("ip")
+        .args(["netns", "exec", &host.netns])
+        .arg(felis_binary)
+        .args(["node", "run", "--nodename", &host.name, "--ip", &address])
+        .arg("--state-dir")
+        .arg(dir.join(&host.name))
+        .args(["--health-address", HEALTH_ADDRESS])
+        .env("FELIS_DATASTORE", &state.datastore)
+        .env(
+            "FELIS_LOG",
+            std::env::var("FELIS_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        // Its own process group: a Ctrl-C at the terminal that ran `lab up` leaves it alone.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: "felis node run".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Waits until the agent of `host` answers ready.
+pub(crate) fn wait_ready(
+    state: &State,
+    host: &crate::plan::Host,
+    timeout: Duration,
+) -> Result<(), Error> {
+    #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
+    let deadline = Instant::now() + timeout;
+    while !is_ready(&host.netns) {
+        #[allow(clippy::disallowed_methods)]
+        if Instant::now() > deadline {
+            let log = state_dir(&state.plan.spec.name).join(format!("{}.log", host.name));
+            return Err(Error::Invalid(format!(
+                "the agent on {} did not become ready in {}s; see {}",
+                host.name,
+                timeout.as_secs(),
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Stops the agent of `host` (SIGKILL with `kill`, else SIGTERM) and waits until it is gone.
+/// Returns whether one was running.
+pub(crate) fn stop_agent(host: &crate::plan::Host, kill: bool) -> Result<bool, Error> {
+    let pids = crate::sh::ip(&["netns", "pids", &host.netns])?;
+    let agents: Vec<String> = pids
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    c.split(|b| *b == 0).any(|arg| arg == b"node")
+                        && c.windows(3).any(|w| w == b"run")
+                })
+                .unwrap_or(false)
+        })
+        .map(str::to_string)
+        .collect();
+    for pid in &agents {
+        let _ = crate::sh::run("kill", &[if kill { "-KILL" } else { "-TERM" }, pid]);
+    }
+    for pid in &agents {
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(!agents.is_empty())
 }
 
 /// Asks an agent's `/readiness` from inside its host's namespace.
@@ -177,13 +221,11 @@ pub(crate) fn cni_config(state: &State, host: &str) -> String {
 }
 
 /// Attaches every workload as a container runtime would: makes its namespace, then runs the
-/// CNI plugin (`felis_binary` with `CNI_COMMAND=ADD`) in its host's namespace. Returns each
-/// workload's address.
+/// CNI plugin with ADD in its host's namespace. Returns each workload's address.
 pub(crate) fn attach(
     state: &State,
     felis_binary: &Path,
 ) -> Result<Vec<(String, std::net::IpAddr)>, Error> {
-    let dir = state_dir(&state.plan.spec.name);
     let mut addresses = Vec::new();
     for workload in &state.plan.workloads {
         crate::topology::create_workload_netns(&workload.netns)?;
@@ -191,73 +233,89 @@ pub(crate) fn attach(
             .plan
             .host(&workload.host)
             .ok_or_else(|| Error::Invalid(format!("workload {} has no host", workload.name)))?;
-        let config = cni_config(state, &host.name);
-        let netns_path = Path::new("/run/netns").join(&workload.netns);
-        let mtu_file = dir.join(&host.name).join("mtu");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &host.netns])
-            .arg(felis_binary)
-            .env("CNI_COMMAND", "ADD")
-            .env(
-                "CNI_CONTAINERID",
-                format!("{}-{}", state.plan.spec.name, workload.name),
-            )
-            .env("CNI_NETNS", &netns_path)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", felis_binary.parent().unwrap_or(Path::new("/")))
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
-                    workload.name
-                ),
-            )
-            .env("FELIS_MTU_FILE", &mtu_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                command: "felis (CNI ADD)".into(),
-                source,
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(config.as_bytes())
-                .map_err(|source| Error::Spawn {
-                    command: "felis (CNI ADD)".into(),
-                    source,
-                })?;
-        }
-        let output = child.wait_with_output().map_err(|source| Error::Spawn {
-            command: "felis (CNI ADD)".into(),
-            source,
-        })?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            return Err(Error::Command {
-                command: format!("CNI ADD of {}", workload.name),
-                stderr: format!(
-                    "{} {}",
-                    stdout.trim(),
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ),
-            });
-        }
-        let result: serde_json::Value =
-            serde_json::from_str(&stdout).map_err(|e| Error::Command {
-                command: format!("CNI ADD of {}", workload.name),
-                stderr: format!("unreadable result {stdout:?}: {e}"),
-            })?;
-        let address = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| Error::Command {
-                command: format!("CNI ADD of {}", workload.name),
-                stderr: format!("no address in {stdout}"),
-            })?;
+        let address = cni(
+            state,
+            felis_binary,
+            "ADD",
+            host,
+            &workload.name,
+            &workload.netns,
+        )?
+        .ok_or_else(|| Error::Invalid(format!("CNI ADD of {} gave no address", workload.name)))?;
         addresses.push((workload.name.clone(), address));
     }
     Ok(addresses)
+}
+
+/// Runs the CNI plugin (`felis_binary` with `CNI_COMMAND`) for workload `name` in `netns`, in
+/// `host`'s namespace, as a runtime does. Returns the first address of an ADD's result.
+pub(crate) fn cni(
+    state: &State,
+    felis_binary: &Path,
+    command: &str,
+    host: &crate::plan::Host,
+    name: &str,
+    netns: &str,
+) -> Result<Option<std::net::IpAddr>, Error> {
+    let dir = state_dir(&state.plan.spec.name);
+    let config = cni_config(state, &host.name);
+    let what = || format!("CNI {command} of {name}");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &host.netns])
+        .arg(felis_binary)
+        .env("CNI_COMMAND", command)
+        .env(
+            "CNI_CONTAINERID",
+            format!("{}-{name}", state.plan.spec.name),
+        )
+        .env("CNI_NETNS", Path::new("/run/netns").join(netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", felis_binary.parent().unwrap_or(Path::new("/")))
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+        )
+        .env("FELIS_MTU_FILE", dir.join(&host.name).join("mtu"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: what(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(config.as_bytes())
+            .map_err(|source| Error::Spawn {
+                command: what(),
+                source,
+            })?;
+    }
+    let output = child.wait_with_output().map_err(|source| Error::Spawn {
+        command: what(),
+        source,
+    })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(Error::Command {
+            command: what(),
+            stderr: format!(
+                "{} {}",
+                stdout.trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    if command != "ADD" {
+        return Ok(None);
+    }
+    let result: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| Error::Command {
+        command: what(),
+        stderr: format!("unreadable result {stdout:?}: {e}"),
+    })?;
+    Ok(result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok()))
 }

@@ -7,6 +7,7 @@
 //! also after a crash.
 
 mod agents;
+pub mod bench;
 pub mod plan;
 mod sh;
 mod topology;
@@ -194,6 +195,26 @@ pub fn attach_workloads(state: &mut State, felis_binary: &std::path::Path) -> Re
         state.addresses.insert(name, address);
     }
     state.save()
+}
+
+/// Stops a host's agent (SIGKILL with `kill`, as a crash; else SIGTERM); the dataplane it
+/// programmed stays. Returns whether one was running.
+pub fn stop_agent(state: &State, host: &str, kill: bool) -> Result<bool, Error> {
+    let host = state.plan.host(host).ok_or_else(|| Error::NoTarget {
+        lab: state.plan.spec.name.clone(),
+        target: host.to_string(),
+    })?;
+    agents::stop_agent(host, kill)
+}
+
+/// Starts a host's agent and waits until it is ready.
+pub fn start_agent(state: &State, felis_binary: &std::path::Path, host: &str) -> Result<(), Error> {
+    let host = state.plan.host(host).ok_or_else(|| Error::NoTarget {
+        lab: state.plan.spec.name.clone(),
+        target: host.to_string(),
+    })?;
+    agents::spawn_agent(state, felis_binary, host)?;
+    agents::wait_ready(state, host, std::time::Duration::from_secs(30))
 }
 
 /// Whether the agent in a host's namespace answers ready.

@@ -207,3 +207,8 @@ pub(crate) fn delete_netns(netns: &str) -> Result<(), Error> {
 pub(crate) fn ping(netns: &str, target: &str) -> bool {
     exec_in(netns, &["ping", "-c", "1", "-W", "1", "-q", target]).is_ok()
 }
+
+/// Pings `target` once from `netns`, waiting at most 100 ms.
+pub(crate) fn ping_once_fast(netns: &str, target: &str) -> bool {
+    exec_in(netns, &["ping", "-c", "1", "-W", "0.1", "-q", target]).is_ok()
+}

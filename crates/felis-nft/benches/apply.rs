@@ -115,6 +115,19 @@ fn main() {
     );
     println!("compile (felis-policy): {}", ms(compile));
     println!("render: {}", ms(rendering));
+    let mut cache = render::RenderCache::default();
+    render::render_cached(&program, &interfaces, &Config::default(), &mut cache);
+    let start = Instant::now();
+    let again = render::render_cached(&program, &interfaces, &Config::default(), &mut cache);
+    let warm = start.elapsed();
+    let start = Instant::now();
+    let (noop, _) = render::delta_script(&ruleset, &again);
+    println!(
+        "render again with a warm cache: {}; diff of two renderings of the same program: {} ({} bytes)",
+        ms(warm),
+        ms(start.elapsed()),
+        noop.len()
+    );
 
     let ns = felis_testns::TestNetns::new().unwrap();
     for transport in [Transport::ProcessPerApply, Transport::Persistent] {

@@ -165,3 +165,30 @@ fn truncate(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_object_names_from_a_terse_listing() {
+        let listing = "table inet felis {\n\tmap pol-from-wl {\n\t\ttype ifname : verdict\n\t}\n\tset masq-ipam-pools-v4 {\n\t\ttype ipv4_addr\n\t}\n\tchain pi-prod/web {\n\t\tip saddr @pol-s0-4h accept\n\t}\n\tchain nat-postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}\n}\n";
+        assert_eq!(
+            parse_names(listing),
+            [
+                "pol-from-wl",
+                "masq-ipam-pools-v4",
+                "pi-prod/web",
+                "nat-postrouting"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_error_lines_are_cut() {
+        let text = format!("Error: x\n{}\n^^^", "é".repeat(1000));
+        let cut = truncate(&text);
+        assert!(cut.lines().all(|l| l.len() <= 404), "{cut}");
+        assert!(cut.starts_with("Error: x\n") && cut.ends_with("^^^"));
+    }
+}

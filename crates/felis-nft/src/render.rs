@@ -59,6 +59,8 @@ pub const LOG_PREFIX: &str = "calico-packet: ";
 const OWN_PREFIXES: [&str; 7] = ["pol-", "pi-", "po-", "pri-", "pro-", "tw-", "fw-"];
 /// Protocols that carry ports: TCP, UDP, SCTP, UDP-Lite.
 const PORT_PROTOCOLS: &str = "{ 6, 17, 132, 136 }";
+/// The same, as numbers.
+const PORT_PROTOCOL_NUMBERS: [u8; 4] = [6, 17, 132, 136];
 /// Longest object name we emit (the kernel allows 256 bytes).
 const MAX_NAME: usize = 200;
 
@@ -331,8 +333,8 @@ pub fn render_cached(
         let Some(ifname) = interfaces.get(key) else {
             continue;
         };
-        let ingress = format!("tw-{ifname}");
-        let egress = format!("fw-{ifname}");
+        let ingress = object_name("tw-", ifname);
+        let egress = object_name("fw-", ifname);
         for (name, direction, policy_prefix, profile_prefix) in [
             (&ingress, &endpoint.ingress, "pi-", "pri-"),
             (&egress, &endpoint.egress, "po-", "pro-"),
@@ -774,6 +776,13 @@ impl RuleRenderer<'_> {
             Match::Ports { named, .. } => !named.is_empty(),
             Match::Never | Match::IpVersion(_) | Match::Protocol { .. } => false,
         });
+        let protocol = rule.matches.iter().find_map(|m| match m {
+            Match::Protocol {
+                protocol,
+                negated: false,
+            } => Some(*protocol),
+            _ => None,
+        });
         let families: Vec<Option<IpVersion>> = match version {
             Some(v) => vec![Some(v)],
             None if family_specific => vec![Some(IpVersion::V4), Some(IpVersion::V6)],
@@ -781,12 +790,15 @@ impl RuleRenderer<'_> {
         };
         let mut out = Vec::new();
         for family in families {
-            let mut conditions: Vec<Vec<String>> = Vec::new();
+            let mut conditions: Vec<Vec<Fragment>> = Vec::new();
             if let Some(family) = family {
-                conditions.push(vec![format!("meta nfproto {}", nfproto(family))]);
+                conditions.push(vec![Fragment::new(
+                    format!("meta nfproto {}", nfproto(family)),
+                    Protocols::all(),
+                )]);
             }
             for m in &rule.matches {
-                conditions.push(self.condition(m, family));
+                conditions.push(self.condition(m, family, protocol));
             }
             expand(&conditions, &action, &mut out);
         }
@@ -795,12 +807,27 @@ impl RuleRenderer<'_> {
 
     /// One condition as alternatives (any may hold): an empty string always holds; no
     /// alternatives at all means the condition can never hold.
-    fn condition(&self, m: &Match, family: Option<IpVersion>) -> Vec<String> {
+    /// `protocol` is the rule's positive protocol match, if any.
+    fn condition(
+        &self,
+        m: &Match,
+        family: Option<IpVersion>,
+        protocol: Option<Protocol>,
+    ) -> Vec<Fragment> {
+        let any = |text: String| Fragment::new(text, Protocols::all());
         match m {
             Match::Never => Vec::new(),
-            Match::IpVersion(_) => vec![String::new()],
+            Match::IpVersion(_) => vec![any(String::new())],
             Match::Protocol { protocol, negated } => {
-                vec![format!("meta l4proto {}{}", not(*negated), protocol.0)]
+                let protocols = if *negated {
+                    Protocols::all().without(protocol.0)
+                } else {
+                    Protocols::only(&[protocol.0])
+                };
+                vec![Fragment::new(
+                    format!("meta l4proto {}{}", not(*negated), protocol.0),
+                    protocols,
+                )]
             }
             Match::Icmp { icmp, negated } => {
                 let (proto, name) = match family {
@@ -808,14 +835,30 @@ impl RuleRenderer<'_> {
                     _ => (Protocol::ICMP.0, "icmp"),
                 };
                 let t = icmp.icmp_type;
+                if protocol.is_some_and(|p| p.0 != proto) {
+                    // The rule's protocol is not this family's ICMP: never ICMP here.
+                    return if *negated {
+                        vec![any(String::new())]
+                    } else {
+                        Vec::new()
+                    };
+                }
                 if *negated {
+                    let icmp_only = Protocols::only(&[proto]);
                     let mut alternatives = vec![
-                        format!("meta l4proto != {proto}"),
-                        format!("meta l4proto {proto} {name} type != {t}"),
+                        Fragment::new(
+                            format!("meta l4proto != {proto}"),
+                            Protocols::all().without(proto),
+                        ),
+                        Fragment::new(
+                            format!("meta l4proto {proto} {name} type != {t}"),
+                            icmp_only,
+                        ),
                     ];
                     if let Some(code) = icmp.code {
-                        alternatives.push(format!(
-                            "meta l4proto {proto} {name} type {t} {name} code != {code}"
+                        alternatives.push(Fragment::new(
+                            format!("meta l4proto {proto} {name} type {t} {name} code != {code}"),
+                            icmp_only,
                         ));
                     }
                     alternatives
@@ -824,7 +867,10 @@ impl RuleRenderer<'_> {
                         .code
                         .map(|c| format!(" {name} code {c}"))
                         .unwrap_or_default();
-                    vec![format!("meta l4proto {proto} {name} type {t}{code}")]
+                    vec![Fragment::new(
+                        format!("meta l4proto {proto} {name} type {t}{code}"),
+                        Protocols::only(&[proto]),
+                    )]
                 }
             }
             Match::Nets {
@@ -842,13 +888,13 @@ impl RuleRenderer<'_> {
                     .collect();
                 match (nets.is_empty(), *negated) {
                     (true, false) => Vec::new(),
-                    (true, true) => vec![String::new()],
-                    (false, negated) => vec![format!(
+                    (true, true) => vec![any(String::new())],
+                    (false, negated) => vec![any(format!(
                         "{} {}{{ {} }}",
                         address(family, *side),
                         not(negated),
                         nets.join(", ")
-                    )],
+                    ))],
                 }
             }
             Match::Set { side, set, negated } => {
@@ -870,9 +916,12 @@ impl RuleRenderer<'_> {
                         .iter()
                         .map(|n| format!("{address} != @{n}"))
                         .collect();
-                    vec![all.join(" ")]
+                    vec![any(all.join(" "))]
                 } else {
-                    present.iter().map(|n| format!("{address} @{n}")).collect()
+                    present
+                        .iter()
+                        .map(|n| any(format!("{address} @{n}")))
+                        .collect()
                 }
             }
             Match::Ports {
@@ -919,13 +968,24 @@ impl RuleRenderer<'_> {
                         all.push(format!("{port} != {{ {} }}", ranges.join(", ")));
                     }
                     all.extend(named.iter().map(|n| format!("{tuple} != @{n}")));
-                    vec![format!("meta l4proto != {PORT_PROTOCOLS}"), all.join(" ")]
+                    vec![
+                        Fragment::new(
+                            format!("meta l4proto != {PORT_PROTOCOLS}"),
+                            Protocols::all().without_all(&PORT_PROTOCOL_NUMBERS),
+                        ),
+                        Fragment::new(all.join(" "), Protocols::only(&PORT_PROTOCOL_NUMBERS)),
+                    ]
                 } else {
+                    let with_ports =
+                        |text| Fragment::new(text, Protocols::only(&PORT_PROTOCOL_NUMBERS));
                     let mut alternatives = Vec::new();
                     if !ranges.is_empty() {
-                        alternatives.push(format!("{guard} {port} {{ {} }}", ranges.join(", ")));
+                        alternatives.push(with_ports(format!(
+                            "{guard} {port} {{ {} }}",
+                            ranges.join(", ")
+                        )));
                     }
-                    alternatives.extend(named.iter().map(|n| format!("{tuple} @{n}")));
+                    alternatives.extend(named.iter().map(|n| with_ports(format!("{tuple} @{n}"))));
                     alternatives
                 }
             }
@@ -933,30 +993,91 @@ impl RuleRenderer<'_> {
     }
 }
 
-/// Appends one rule per combination of alternatives of `conditions`.
-fn expand(conditions: &[Vec<String>], action: &str, out: &mut Vec<String>) {
-    let mut partial = vec![String::new()];
+/// One alternative of a condition: nft text, and the IP protocols it admits.
+#[derive(Debug, Clone)]
+struct Fragment {
+    text: String,
+    protocols: Protocols,
+}
+
+impl Fragment {
+    fn new(text: String, protocols: Protocols) -> Fragment {
+        Fragment { text, protocols }
+    }
+}
+
+/// A set of IP protocol numbers (a 256-bit mask). Combinations of alternatives whose protocols
+/// do not intersect can never match, and nft refuses some of them ("conflicting protocols"):
+/// they are not emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Protocols([u64; 4]);
+
+impl Protocols {
+    fn all() -> Protocols {
+        Protocols([u64::MAX; 4])
+    }
+
+    fn only(protocols: &[u8]) -> Protocols {
+        let mut set = Protocols([0; 4]);
+        for p in protocols {
+            set.0[usize::from(p / 64)] |= 1 << (p % 64);
+        }
+        set
+    }
+
+    fn without(self, protocol: u8) -> Protocols {
+        self.without_all(&[protocol])
+    }
+
+    fn without_all(mut self, protocols: &[u8]) -> Protocols {
+        for p in protocols {
+            self.0[usize::from(p / 64)] &= !(1 << (p % 64));
+        }
+        self
+    }
+
+    fn intersect(self, other: Protocols) -> Protocols {
+        let mut out = self;
+        for (word, o) in out.0.iter_mut().zip(other.0) {
+            *word &= o;
+        }
+        out
+    }
+
+    fn is_empty(self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+}
+
+/// Appends one rule per combination of alternatives of `conditions` that some protocol can
+/// satisfy.
+fn expand(conditions: &[Vec<Fragment>], action: &str, out: &mut Vec<String>) {
+    let mut partial = vec![Fragment::new(String::new(), Protocols::all())];
     for alternatives in conditions {
         let mut next = Vec::with_capacity(partial.len() * alternatives.len());
         for prefix in &partial {
             for alternative in alternatives {
-                let mut rule = prefix.clone();
-                if !alternative.is_empty() {
+                let protocols = prefix.protocols.intersect(alternative.protocols);
+                if protocols.is_empty() {
+                    continue;
+                }
+                let mut rule = prefix.text.clone();
+                if !alternative.text.is_empty() {
                     if !rule.is_empty() {
                         rule.push(' ');
                     }
-                    rule.push_str(alternative);
+                    rule.push_str(&alternative.text);
                 }
-                next.push(rule);
+                next.push(Fragment::new(rule, protocols));
             }
         }
         partial = next;
     }
     for rule in partial {
-        if rule.is_empty() {
+        if rule.text.is_empty() {
             out.push(action.to_string());
         } else {
-            out.push(format!("{rule} {action}"));
+            out.push(format!("{} {action}", rule.text));
         }
     }
 }
@@ -1389,6 +1510,43 @@ delete set inet felis pol-s0-4n
         assert_eq!(second, render(&changed, &interfaces(), &Config::default()));
         assert_ne!(first.chains["pi-security"], second.chains["pi-security"]);
         assert_eq!(cache.chains.len(), 8);
+    }
+
+    #[test]
+    fn icmp_rules_render_only_for_their_protocol_family() {
+        let renderer = RuleRenderer {
+            sets: &BTreeMap::new(),
+        };
+        let icmp = |protocol, negated| {
+            rule(
+                Action::Allow,
+                vec![
+                    Match::Protocol {
+                        protocol,
+                        negated: false,
+                    },
+                    Match::Icmp {
+                        icmp: IcmpMatch {
+                            icmp_type: 128,
+                            code: None,
+                        },
+                        negated,
+                    },
+                ],
+            )
+        };
+        assert_eq!(
+            renderer.rule(&icmp(Protocol::ICMPV6, false), PassStyle::Return),
+            ["meta nfproto ipv6 meta l4proto 58 meta l4proto 58 icmpv6 type 128 accept"]
+        );
+        assert_eq!(
+            renderer.rule(&icmp(Protocol::ICMP, true), PassStyle::Return),
+            [
+                // `meta l4proto 1 meta l4proto != 1` can never hold: pruned.
+                "meta nfproto ipv4 meta l4proto 1 meta l4proto 1 icmp type != 128 accept",
+                "meta nfproto ipv6 meta l4proto 1 accept",
+            ]
+        );
     }
 
     #[test]

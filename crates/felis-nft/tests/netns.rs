@@ -44,6 +44,7 @@ impl Topology {
     fn new(names: &[&'static str]) -> Topology {
         let host = TestNetns::new().unwrap();
         host.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        host.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
         let mut workloads = BTreeMap::new();
         for (i, name) in names.iter().enumerate() {
             let ns = TestNetns::new().unwrap();
@@ -66,6 +67,30 @@ impl Topology {
             ns.ip(&["addr", "add", &format!("10.65.{n}.2/24"), "dev", "eth0"]);
             ns.ip(&["link", "set", "eth0", "up"]);
             ns.ip(&["route", "add", "default", "via", &format!("10.65.{n}.1")]);
+            host.ip(&[
+                "addr",
+                "add",
+                &format!("fd65:{n}::1/64"),
+                "dev",
+                &cali,
+                "nodad",
+            ]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd65:{n}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd65:{n}::1"),
+            ]);
             workloads.insert(*name, ns);
         }
         Topology { host, workloads }
@@ -106,6 +131,11 @@ fn ip(name: &str) -> IpAddr {
     format!("10.65.{n}.2").parse().unwrap()
 }
 
+fn ip6(name: &str) -> IpAddr {
+    let n = ["a", "b", "c"].iter().position(|x| *x == name).unwrap() + 1;
+    format!("fd65:{n}::2").parse().unwrap()
+}
+
 fn interfaces(names: &[&str]) -> BTreeMap<String, String> {
     names
         .iter()
@@ -122,8 +152,8 @@ struct Server {
 impl Server {
     fn start(ns: &TestNetns, port: u16) -> Server {
         let (tcp, udp) = ns.run(|| {
-            let tcp = TcpListener::bind(("0.0.0.0", port)).unwrap();
-            let udp = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            let tcp = TcpListener::bind(("::", port)).unwrap();
+            let udp = UdpSocket::bind(("::", port)).unwrap();
             (tcp, udp)
         });
         tcp.set_nonblocking(true).unwrap();
@@ -581,4 +611,257 @@ fn host_traffic_between_other_interfaces_is_untouched() {
     assert!(pings(&x, y_ip));
     assert!(!tcp_connects(topology.ns("a"), y_ip, 8080));
     assert!(!tcp_connects(&x, ip("a"), 8080));
+}
+
+#[test]
+fn ipv6_selector_sets_and_icmpv6() {
+    if skip_unless_root("ipv6_selector_sets_and_icmpv6") {
+        return;
+    }
+    let topology = Topology::new(&["a", "b", "c"]);
+    let servers = ["a", "b", "c"].map(|n| Server::start(topology.ns(n), 8080));
+    let mut set = PolicySet::new();
+    set.add_profile(Profile::allow_all("kns.prod"));
+    for name in ["a", "b", "c"] {
+        let mut endpoint = pod(name);
+        endpoint
+            .ips
+            .push(format!("{}/128", ip6(name)).parse().unwrap());
+        set.add_endpoint(endpoint);
+    }
+    // b: TCP from a only (both families), ICMPv6 echo from anyone; nothing else.
+    set.add_policy(policy(serde_json::json!({
+        "name": "b", "namespace": "prod", "selector": "app == 'b'", "types": ["Ingress"],
+        "ingress": [
+            {"action": "Allow", "protocol": "TCP", "source": {"selector": "app == 'a'"}},
+            {"action": "Allow", "protocol": "ICMPv6", "icmp": {"type": 128}}
+        ]
+    })));
+    let program = compile(&set);
+    // Without policy, IPv6 forwards (neighbour discovery has settled).
+    assert!(
+        (0..20).any(|_| tcp_connects(topology.ns("c"), ip6("b"), 8080)),
+        "no IPv6 path"
+    );
+    let mut dataplane = PolicyDataplane::new();
+    topology
+        .host
+        .run(|| dataplane.apply(&program, &interfaces(&["a", "b", "c"])))
+        .unwrap();
+    let probe = |from: &str, to: &str, packet: Packet, actual: bool| {
+        let expected = program.verdict(
+            &packet,
+            Some(&format!("prod/{from}")),
+            Some(&format!("prod/{to}")),
+        );
+        assert_eq!(
+            actual,
+            expected.verdict == Verdict::Allow,
+            "{from} -> {to} {packet:?}: kernel {actual}, program says\n{expected}"
+        );
+        actual
+    };
+    let tcp6 = |from: &str, to: &str| {
+        let actual = tcp_connects(topology.ns(from), ip6(to), 8080);
+        probe(
+            from,
+            to,
+            Packet::tcp(ip6(from), 40000, ip6(to), 8080),
+            actual,
+        )
+    };
+    let ping6 = |from: &str, to: &str| {
+        let actual = pings(topology.ns(from), ip6(to));
+        probe(from, to, Packet::icmp(ip6(from), ip6(to), 128, 0), actual)
+    };
+    assert!(tcp6("a", "b"));
+    assert!(!tcp6("c", "b"));
+    assert!(ping6("c", "b"));
+    assert!(tcp6("b", "c"));
+    assert!(!check(&topology, &program, "c", "b", Probe::Tcp(8080)));
+    assert!(check(&topology, &program, "a", "b", Probe::Tcp(8080)));
+    assert!(!check(&topology, &program, "c", "b", Probe::Ping));
+    drop(servers);
+}
+
+/// A deterministic pseudo-random source (no dependency needed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+
+    fn bool(&mut self) -> bool {
+        self.below(2) == 1
+    }
+}
+
+fn random_match(rng: &mut Lcg) -> felis_policy::program::Match {
+    use felis_policy::program::IpSetId;
+    use felis_policy::program::Match;
+    use felis_policy::program::Side;
+    let side = if rng.bool() {
+        Side::Source
+    } else {
+        Side::Destination
+    };
+    let negated = rng.bool();
+    let protocols = [
+        felis_policy::Protocol::TCP,
+        felis_policy::Protocol::UDP,
+        felis_policy::Protocol::ICMP,
+        felis_policy::Protocol::ICMPV6,
+        felis_policy::Protocol::SCTP,
+        felis_policy::Protocol(47),
+    ];
+    match rng.below(7) {
+        0 => Match::IpVersion(if rng.bool() {
+            felis_policy::IpVersion::V4
+        } else {
+            felis_policy::IpVersion::V6
+        }),
+        1 => Match::Protocol {
+            protocol: protocols[rng.below(6) as usize],
+            negated,
+        },
+        2 => Match::Icmp {
+            icmp: felis_policy::IcmpMatch {
+                icmp_type: rng.below(255) as u8,
+                code: rng.bool().then(|| rng.below(256) as u8),
+            },
+            negated,
+        },
+        3 => Match::Nets {
+            side,
+            nets: if rng.bool() {
+                vec![
+                    "10.1.0.0/16".parse().unwrap(),
+                    "10.2.3.4/32".parse().unwrap(),
+                ]
+            } else {
+                vec!["fd00:1::/64".parse().unwrap()]
+            },
+            negated,
+        },
+        4 | 5 => Match::Set {
+            side,
+            set: IpSetId(rng.below(4) as u32),
+            negated,
+        },
+        _ => Match::Ports {
+            side,
+            ranges: (0..rng.below(3))
+                .map(|_| {
+                    let a = rng.below(60000) as u16 + 1;
+                    (a, a + rng.below(2) as u16 * 100)
+                })
+                .collect(),
+            named: (0..rng.below(2))
+                .map(|_| IpSetId(4 + rng.below(2) as u32))
+                .collect(),
+            negated,
+        },
+    }
+}
+
+/// Whatever shape a compiled rule takes, nft accepts its rendering.
+#[test]
+fn nft_accepts_every_rendered_rule_shape() {
+    use felis_policy::program::CompiledRule;
+    use felis_policy::program::PolicyProgram;
+    if skip_unless_root("nft_accepts_every_rendered_rule_shape") {
+        return;
+    }
+    let mut rng = Lcg(7);
+    let mut program = Program::default();
+    // Sets 0-3: hosts only, CIDRs only, mixed families, empty; 4-5: named ports.
+    let nets = |list: &[&str]| list.iter().map(|n| n.parse().unwrap()).collect();
+    let sets: [Vec<ipnet::IpNet>; 4] = [
+        nets(&["10.0.0.1/32", "10.0.0.2/32"]),
+        nets(&["10.9.0.0/16", "10.8.0.0/24", "10.8.0.0/16"]),
+        nets(&["10.0.0.3/32", "fd00::3/128", "fd00:9::/48"]),
+        Vec::new(),
+    ];
+    for (id, nets) in sets.into_iter().enumerate() {
+        program
+            .ip_sets
+            .insert(felis_policy::program::IpSetId(id as u32), nets);
+    }
+    for id in [4, 5] {
+        program.named_port_sets.insert(
+            felis_policy::program::IpSetId(id),
+            vec![
+                felis_policy::NamedPortMember {
+                    net: "10.0.0.1/32".parse().unwrap(),
+                    protocol: felis_policy::Protocol::TCP,
+                    port: 8080,
+                },
+                felis_policy::NamedPortMember {
+                    net: "fd00::1/128".parse().unwrap(),
+                    protocol: felis_policy::Protocol::UDP,
+                    port: 53,
+                },
+            ],
+        );
+    }
+    let actions = [
+        felis_policy::Action::Allow,
+        felis_policy::Action::Deny,
+        felis_policy::Action::Log,
+        felis_policy::Action::Pass,
+    ];
+    for p in 0..80 {
+        let rules: Vec<CompiledRule> = (0..25)
+            .map(|_| CompiledRule {
+                action: actions[rng.below(4) as usize],
+                matches: (0..rng.below(4) + 1)
+                    .map(|_| random_match(&mut rng))
+                    .collect(),
+            })
+            .collect();
+        program.policies.insert(
+            format!("ns/p{p}"),
+            PolicyProgram {
+                tier: "default".to_string(),
+                namespace: Some("ns".to_string()),
+                name: format!("p{p}"),
+                ingress: rules.clone(),
+                egress: rules,
+            },
+        );
+    }
+    let ns = TestNetns::new().unwrap();
+    let ruleset = felis_nft::render::render(&program, &BTreeMap::new(), &Default::default());
+    let (script, _) = felis_nft::render::full_script(&ruleset, &[]);
+    let result = ns.run(|| felis_nft::nft::apply_script(&script));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // And every delta between two of them, too (sets emptied, CIDRs gone, chains changed).
+    let mut changed = program.clone();
+    changed
+        .ip_sets
+        .insert(felis_policy::program::IpSetId(1), Vec::new());
+    changed.ip_sets.insert(
+        felis_policy::program::IpSetId(3),
+        nets(&["10.7.0.1/32", "10.7.0.0/24"]),
+    );
+    changed
+        .named_port_sets
+        .remove(&felis_policy::program::IpSetId(5));
+    let new = felis_nft::render::render(&changed, &BTreeMap::new(), &Default::default());
+    let (delta, stats) = felis_nft::render::delta_script(&ruleset, &new);
+    assert!(
+        stats.chains_replaced > 0 && stats.sets_removed > 0,
+        "{stats:?}"
+    );
+    let result = ns.run(|| felis_nft::nft::apply_script(&delta));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }

@@ -351,6 +351,39 @@ enum LabCommand {
         #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
     },
+    /// Measure the pod network against the hosts' own: one-stream TCP throughput and ping RTT
+    /// (routed pods vs hosts in one subnet, VXLAN pods vs hosts across subnets), and the time
+    /// from a CNI ADD until the new workload answers from another host. Needs a lab with
+    /// --hosts 3 --subnets 2 (or more) and at least one workload per host.
+    Bench {
+        #[command(flatten)]
+        name: LabName,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Interleaved rounds over all paths (the median is kept).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Workloads to attach for the CNI ADD → reachable measurement (0 to skip).
+        #[arg(long, default_value_t = 20)]
+        attach: usize,
+        /// Output format: table (default) or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Stop, start or restart a host's agent (the dataplane it programmed stays while it is down).
+    Agent {
+        #[command(flatten)]
+        name: LabName,
+        /// The host.
+        host: String,
+        /// stop, start or restart.
+        #[arg(value_parser = ["stop", "start", "restart"])]
+        action: String,
+        /// Stop with SIGKILL, as a crash would, instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
     /// Turn a host's emulated source/destination check on or off.
     SrcDstCheck {
         #[command(flatten)]
@@ -980,6 +1013,77 @@ fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        LabCommand::Bench {
+            name,
+            seconds,
+            rounds,
+            attach,
+            output,
+        } => {
+            let state = felis_lab::State::load(&name.name)?;
+            let felis = std::env::current_exe().context("finding the felis binary")?;
+            let report = felis_lab::bench::run(&state, &felis, seconds, rounds, attach)?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = vec![
+                ["KIND", "PATH", "VIA", "THROUGHPUT", "RTT"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for p in &report.paths {
+                rows.push(vec![
+                    p.kind.clone(),
+                    p.path.clone(),
+                    p.via.clone(),
+                    format!("{:.2} Gbit/s", p.throughput_bps / 1e9),
+                    format!("{:.3} ms", p.rtt_ms),
+                ]);
+            }
+            print!("{}", output::align(&rows));
+            let show = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+            println!(
+                "routed pod / host (same subnet): throughput {}, RTT {}",
+                show(report.routed_ratio),
+                show(report.routed_rtt_ratio)
+            );
+            println!(
+                "VXLAN pod / host (across subnets): throughput {}, RTT {}",
+                show(report.vxlan_ratio),
+                show(report.vxlan_rtt_ratio)
+            );
+            if report.add_to_reachable_samples > 0 {
+                println!(
+                    "CNI ADD -> reachable from another host: p50 {} ms, p99 {} ms ({} workloads)",
+                    show(report.add_to_reachable_p50_ms),
+                    show(report.add_to_reachable_p99_ms),
+                    report.add_to_reachable_samples
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Agent {
+            name,
+            host,
+            action,
+            kill,
+        } => {
+            let state = felis_lab::State::load(&name.name)?;
+            let felis = std::env::current_exe().context("finding the felis binary")?;
+            if action != "start" {
+                let was = felis_lab::stop_agent(&state, &host, kill)?;
+                println!(
+                    "agent on {host} {}",
+                    if was { "stopped" } else { "was not running" }
+                );
+            }
+            if action != "stop" {
+                felis_lab::start_agent(&state, &felis, &host)?;
+                println!("agent on {host} is ready");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::SrcDstCheck { name, host, state } => {
             felis_lab::set_src_dst_check(&name.name, &host, state == "on")?;

@@ -236,3 +236,80 @@ fn lab_exec_runs_in_a_workload() {
         "the command's exit code comes back"
     );
 }
+
+#[test]
+fn an_agent_killed_and_restarted_under_traffic_keeps_flows_and_recreates_nothing() {
+    let Some(lab) = Lab::up(&["--hosts", "3", "--subnets", "2", "--workloads", "1"]) else {
+        return;
+    };
+    let ps: serde_json::Value = serde_json::from_slice(
+        &lab.felis(&["lab", "ps", "--name", &lab.name, "-o", "json"])
+            .stdout,
+    )
+    .unwrap();
+    let address = |w: &str| {
+        ps["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == w)
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before_routes = lab.ip("h1", "route");
+    let before_link = lab.ip("h1", "-d link show vxlan.calico");
+    // A flow across subnets (VXLAN) and one within the subnet, while h1's agent dies and returns.
+    let spawn_ping = |to: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{}.h1-w1", lab.name),
+                "ping",
+                "-q",
+                "-c",
+                "60",
+                "-i",
+                "0.05",
+                to,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (vxlan, direct) = (spawn_ping(&address("h2-w1")), spawn_ping(&address("h3-w1")));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = lab.felis(&["lab", "agent", "--name", &lab.name, "h1", "stop", "--kill"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = lab.felis(&["lab", "agent", "--name", &lab.name, "h1", "start"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for ping in [vxlan, direct] {
+        let out = ping.wait_with_output().unwrap();
+        let summary = text(&out.stdout);
+        assert!(
+            summary.contains(" 0% packet loss"),
+            "the flow survived: {summary}"
+        );
+    }
+    assert_eq!(
+        lab.ip("h1", "route"),
+        before_routes,
+        "routes are adopted, not re-created"
+    );
+    let index = |s: &str| s.split(':').next().unwrap_or_default().to_string();
+    assert_eq!(
+        index(&lab.ip("h1", "-d link show vxlan.calico")),
+        index(&before_link),
+        "same device"
+    );
+    let log = std::fs::read_to_string(format!("/run/felis/lab/{}/h1.log", lab.name)).unwrap();
+    let second_start = log.rfind("starting").unwrap();
+    assert!(
+        !log[second_start..].contains("routes reconciled"),
+        "nothing to change after restart:\n{}",
+        &log[second_start..]
+    );
+}
