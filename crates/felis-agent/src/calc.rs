@@ -7,6 +7,15 @@
 //! `CrossSubnet` encapsulates only when the remote node's address is outside this node's subnet
 //! (its `bgp.ipv4Address` with prefix length), `Never` routes directly.
 //!
+//! Routes learned by BGP ([`Update::LearnedRoute`]) are routed the same way, toward their next
+//! hop. Precedence: a learned route for exactly the same prefix as an IPAM-derived remote route
+//! replaces it (when BGP is in use, a block learned by BGP is routed by BGP, toward the next hop
+//! BGP chose); IPAM-derived routes stay for prefixes BGP has not (yet) learned, so routes do not
+//! flap while sessions come up, and clusters without BGP are routed from IPAM alone. A learned
+//! route never replaces a local block's blackhole or a local workload's route, and a route whose
+//! next hop is this node is ignored. The BGP configuration of the node (peers, exports) is
+//! [`CalcGraph::bgp_desired`], computed by [`crate::bgp`] from the same facts.
+//!
 //! Inputs are facts ([`Update`]); [`CalcGraph::desired`] is the full desired state, and
 //! [`HostState::diff`] the smallest change between two of them. The graph is pure: the same set
 //! of facts gives the same state whatever their order.
@@ -27,13 +36,18 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::bgp::BgpConfigFacts;
+use crate::bgp::BgpDesired;
+use crate::bgp::BgpNodeFacts;
+use crate::bgp::BgpPeerFacts;
+
 /// VXLAN's overhead on IPv4 (outer IP, UDP, VXLAN and Ethernet headers).
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// IPIP's overhead (the outer IPv4 header).
 pub const IPIP_OVERHEAD: u32 = 20;
 
 /// A node as the graph needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFacts {
     /// The node's name.
     pub name: String,
@@ -43,6 +57,12 @@ pub struct NodeFacts {
     pub ipv6: Option<IpNet>,
     /// Its IPv4 VXLAN tunnel address and device MAC.
     pub vxlan_v4: Option<Vtep>,
+    /// Its labels (selected by BGPPeer `nodeSelector` / `peerSelector`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Its BGP settings (AS number, route reflector cluster ID).
+    #[serde(default)]
+    pub bgp: BgpNodeFacts,
 }
 
 /// A VXLAN tunnel endpoint: the tunnel device's address and MAC.
@@ -67,6 +87,9 @@ pub struct PoolFacts {
     pub vxlan_mode: EncapMode,
     /// Masquerade traffic leaving the pools.
     pub nat_outgoing: bool,
+    /// Do not advertise the pool's blocks by BGP (`disableBGPExport`).
+    #[serde(default)]
+    pub disable_bgp_export: bool,
 }
 
 /// An IPAM block as the graph needs it: who it is affine to, and which of its addresses are
@@ -111,6 +134,31 @@ pub enum Update {
     EndpointSet(EndpointFacts),
     /// A workload endpoint on this node was deleted.
     EndpointDeleted(String),
+    /// A BGPConfiguration (`default` or `node.<name>`) was created or changed.
+    BgpConfigSet(BgpConfigFacts),
+    /// A BGPConfiguration was deleted.
+    BgpConfigDeleted(String),
+    /// A BGPPeer was created or changed.
+    BgpPeerSet(BgpPeerFacts),
+    /// A BGPPeer was deleted.
+    BgpPeerDeleted(String),
+    /// BGP's best route for a prefix appeared or changed (replaces any earlier one).
+    LearnedRoute(LearnedRoute),
+    /// BGP no longer has a route for the prefix.
+    LearnedRouteWithdrawn(IpNet),
+    /// The speaker stopped: every learned route is gone.
+    LearnedRoutesCleared,
+}
+
+/// A best route learned from a BGP peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedRoute {
+    /// The destination.
+    pub prefix: IpNet,
+    /// The BGP next hop (a node's address, unless a peer set another).
+    pub next_hop: IpAddr,
+    /// The peer it was learned from.
+    pub peer: IpAddr,
 }
 
 /// Where a route sends its traffic.
@@ -256,6 +304,9 @@ pub struct CalcGraph {
     pools: BTreeMap<String, PoolFacts>,
     blocks: BTreeMap<IpNet, BlockFacts>,
     endpoints: BTreeMap<String, EndpointFacts>,
+    bgp_configs: BTreeMap<String, BgpConfigFacts>,
+    bgp_peers: BTreeMap<String, BgpPeerFacts>,
+    learned: BTreeMap<IpNet, LearnedRoute>,
 }
 
 impl CalcGraph {
@@ -267,6 +318,9 @@ impl CalcGraph {
             pools: BTreeMap::new(),
             blocks: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            bgp_configs: BTreeMap::new(),
+            bgp_peers: BTreeMap::new(),
+            learned: BTreeMap::new(),
         }
     }
 
@@ -297,7 +351,39 @@ impl CalcGraph {
             Update::EndpointDeleted(key) => {
                 self.endpoints.remove(&key);
             }
+            Update::BgpConfigSet(config) => {
+                self.bgp_configs.insert(config.name.clone(), config);
+            }
+            Update::BgpConfigDeleted(name) => {
+                self.bgp_configs.remove(&name);
+            }
+            Update::BgpPeerSet(peer) => {
+                self.bgp_peers.insert(peer.name.clone(), peer);
+            }
+            Update::BgpPeerDeleted(name) => {
+                self.bgp_peers.remove(&name);
+            }
+            Update::LearnedRoute(route) => {
+                self.learned.insert(route.prefix, route);
+            }
+            Update::LearnedRouteWithdrawn(prefix) => {
+                self.learned.remove(&prefix);
+            }
+            Update::LearnedRoutesCleared => self.learned.clear(),
         }
+    }
+
+    /// The BGP configuration this node should run (speaker settings, peers, exports); `None`
+    /// when the node is unknown or has no IPv4 address (it runs no BGP). See [`crate::bgp`].
+    pub fn bgp_desired(&self) -> Option<BgpDesired> {
+        crate::bgp::desired(&crate::bgp::BgpInputs {
+            local_node: &self.local_node,
+            nodes: &self.nodes,
+            pools: &self.pools,
+            blocks: &self.blocks,
+            configs: &self.bgp_configs,
+            peers: &self.bgp_peers,
+        })
     }
 
     /// The largest encapsulation overhead among the pools (VXLAN 50, IPIP 20, none 0): what
@@ -368,6 +454,7 @@ impl CalcGraph {
                 }
             }
         }
+        self.add_learned_routes(local, &mut state);
         for endpoint in self.endpoints.values() {
             for address in &endpoint.addresses {
                 let host = IpNet::new(address.addr(), address.max_prefix_len()).unwrap_or(*address);
@@ -380,6 +467,47 @@ impl CalcGraph {
             }
         }
         state
+    }
+
+    /// Routes for BGP-learned prefixes (see the module docs for the precedence): they replace
+    /// IPAM-derived routes of the same prefix, never a local block's blackhole; local workload
+    /// routes are added after them and win.
+    fn add_learned_routes(&self, local: Option<&NodeFacts>, state: &mut HostState) {
+        let own: BTreeSet<IpAddr> = local
+            .into_iter()
+            .flat_map(|l| [l.ipv4, l.ipv6])
+            .flatten()
+            .map(|a| a.addr())
+            .collect();
+        // The VTEP of each node address, for next hops in VXLAN pools.
+        let vteps: BTreeMap<IpAddr, &Vtep> = self
+            .nodes
+            .values()
+            .flat_map(|n| {
+                [n.ipv4, n.ipv6]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(move |a| n.vxlan_v4.as_ref().map(|v| (a.addr(), v)))
+            })
+            .collect();
+        for route in self.learned.values() {
+            if own.contains(&route.next_hop)
+                || route.prefix.addr().is_ipv4() != route.next_hop.is_ipv4()
+            {
+                continue;
+            }
+            let local_block = self
+                .blocks
+                .get(&route.prefix)
+                .is_some_and(|b| b.affinity.as_deref() == Some(self.local_node.as_str()));
+            if local_block || state.routes.get(&route.prefix) == Some(&RouteTarget::Blackhole) {
+                continue;
+            }
+            let vtep = vteps.get(&route.next_hop).copied();
+            if let Some(target) = self.route_via(route.next_hop, vtep, route.prefix, local, state) {
+                state.routes.insert(route.prefix, target);
+            }
+        }
     }
 
     /// The route toward `node` for `dst` (a block or a borrowed address), by the mode of the pool
@@ -396,12 +524,32 @@ impl CalcGraph {
             IpNet::V4(_) => remote.ipv4?,
             IpNet::V6(_) => remote.ipv6?,
         };
+        self.route_via(
+            remote_address.addr(),
+            remote.vxlan_v4.as_ref(),
+            dst,
+            local,
+            state,
+        )
+    }
+
+    /// The route for `dst` toward the node address `via` (whose VXLAN endpoint is `vtep`), by
+    /// the mode of the pool that contains `dst`; a prefix outside every pool is routed
+    /// directly. `None` when VXLAN is needed but a tunnel address is missing.
+    fn route_via(
+        &self,
+        via: IpAddr,
+        vtep: Option<&Vtep>,
+        dst: IpNet,
+        local: Option<&NodeFacts>,
+        state: &HostState,
+    ) -> Option<RouteTarget> {
         let same_subnet = local
             .and_then(|l| match dst {
                 IpNet::V4(_) => l.ipv4,
                 IpNet::V6(_) => l.ipv6,
             })
-            .is_some_and(|subnet| subnet.trunc().contains(&remote_address.addr()));
+            .is_some_and(|subnet| subnet.trunc().contains(&via));
         let pool = self.pools.values().find(|p| p.cidr.contains(&dst));
         let (ipip, vxlan) = pool.map_or((EncapMode::Never, EncapMode::Never), |p| {
             (p.ipip_mode, p.vxlan_mode)
@@ -412,19 +560,15 @@ impl CalcGraph {
             EncapMode::CrossSubnet => !same_subnet,
         };
         if encapsulate(vxlan) {
-            let vtep = remote.vxlan_v4.as_ref()?;
+            let vtep = vtep?;
             // Without a local VXLAN device the route could not be programmed.
             state.local_vtep.as_ref()?;
             return Some(RouteTarget::Vxlan { via: vtep.address });
         }
         if encapsulate(ipip) && dst.addr().is_ipv4() {
-            return Some(RouteTarget::Ipip {
-                via: remote_address.addr(),
-            });
+            return Some(RouteTarget::Ipip { via });
         }
-        Some(RouteTarget::Direct {
-            via: remote_address.addr(),
-        })
+        Some(RouteTarget::Direct { via })
     }
 }
 
@@ -453,6 +597,7 @@ mod tests {
                 address: ip(a),
                 mac: m.into(),
             }),
+            ..NodeFacts::default()
         })
     }
 
@@ -463,6 +608,7 @@ mod tests {
             ipip_mode: ipip,
             vxlan_mode: vxlan,
             nat_outgoing: nat,
+            disable_bgp_export: false,
         })
     }
 
@@ -683,6 +829,7 @@ mod tests {
                         address: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 64 * index)),
                         mac: format!("66:00:00:00:00:0{index}"),
                     }),
+                    ..NodeFacts::default()
                 })
             }),
             names.clone().prop_map(|n| Update::NodeDeleted(n.into())),
@@ -715,6 +862,13 @@ mod tests {
                     Update::BlockDeleted(b) => format!("block/{b}"),
                     Update::EndpointSet(e) => format!("ep/{}", e.key),
                     Update::EndpointDeleted(e) => format!("ep/{e}"),
+                    Update::BgpConfigSet(c) => format!("bgpconfig/{}", c.name),
+                    Update::BgpConfigDeleted(c) => format!("bgpconfig/{c}"),
+                    Update::BgpPeerSet(p) => format!("bgppeer/{}", p.name),
+                    Update::BgpPeerDeleted(p) => format!("bgppeer/{p}"),
+                    Update::LearnedRoute(r) => format!("learned/{}", r.prefix),
+                    Update::LearnedRouteWithdrawn(p) => format!("learned/{p}"),
+                    Update::LearnedRoutesCleared => "learned".to_string(),
                 };
                 last.insert(key, u.clone());
             }

@@ -4,8 +4,12 @@
 //!
 //! ```text
 //!  watch thread ──(Snapshot | Put | Delete)──► loop: graph.apply ─► desired ─► Dataplane
-//!   (blocking store)          mpsc               ▲ resync timer, retry after errors
+//!   (blocking store)          mpsc             │ ▲ resync timer, retry after errors
+//!                                              └► policy (crate::policy) ─► Program ─► nftables
 //! ```
+//!
+//! Readiness waits for both: routes reconciled and this node's policy programmed from a
+//! datastore snapshot (so no workload is attached before its host enforces policy).
 
 use std::net::IpAddr;
 use std::net::SocketAddr;
@@ -40,6 +44,7 @@ use crate::autodetect;
 use crate::calc::CalcGraph;
 use crate::calc::Update;
 use crate::dataplane::Dataplane;
+use crate::policy::PolicyPlane;
 use crate::sync;
 
 /// How the node's address is chosen.
@@ -182,6 +187,8 @@ pub async fn run(
 
     let mut graph = CalcGraph::new(config.node_name.clone());
     let mut dataplane = Dataplane::new(handle, address.addr(), host_mtu);
+    let mut policy = Some(PolicyPlane::new(config.node_name.clone()));
+    let mut policy_failed = false;
     let mut resync = tokio::time::interval(config.resync_interval);
     let mut retry_after_error = false;
     let mut tunnel_checked_for: Option<bool> = None;
@@ -195,13 +202,19 @@ pub async fn run(
             }
             event = rx.recv() => {
                 let Some(event) = event else { return Err(Error::Task("store watch ended".into())) };
-                apply_event(&mut graph, &config.node_name, event);
+                let plane = policy.get_or_insert_with(|| PolicyPlane::new(config.node_name.clone()));
+                apply_event(&mut graph, plane, &config.node_name, event);
                 // Take everything already queued before reconciling once.
                 while let Ok(event) = rx.try_recv() {
-                    apply_event(&mut graph, &config.node_name, event);
+                    apply_event(&mut graph, plane, &config.node_name, event);
                 }
             }
-            _ = resync.tick() => dataplane.invalidate(),
+            _ = resync.tick() => {
+                dataplane.invalidate();
+                if let Some(plane) = &mut policy {
+                    plane.invalidate();
+                }
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)), if retry_after_error => {}
         }
         // Calico's pod MTU: the host's, less the largest overhead of the encapsulations in use.
@@ -223,11 +236,57 @@ pub async fn run(
                 Err(e) => warn!(error = %ErrorChain(&e), "VXLAN tunnel address not allocated yet"),
             }
         }
+        // Policy: compiled and sent to nftables off the async threads (it runs `nft`).
+        if let Some(mut plane) = policy.take() {
+            let (plane, result) = blocking(move || {
+                let result = plane.apply();
+                (plane, result)
+            })
+            .await?;
+            match result {
+                Ok(Some(applied)) => {
+                    policy_failed = false;
+                    for (key, reason) in &applied.skipped {
+                        warn!(%key, %reason, "policy resource refused; enforcing the rest without it");
+                    }
+                    let s = &applied.stats;
+                    info!(
+                        endpoints = applied.endpoints,
+                        policies = applied.policies,
+                        full = s.full,
+                        chains_added = s.chains_added,
+                        chains_replaced = s.chains_replaced,
+                        chains_removed = s.chains_removed,
+                        elements_added = s.elements_added,
+                        elements_removed = s.elements_removed,
+                        map_changes = s.map_changes,
+                        script_bytes = s.script_bytes,
+                        compile_ms = round2(applied.compile_ms),
+                        apply_ms = round2(applied.apply_ms),
+                        "policy programmed"
+                    );
+                }
+                Ok(None) => {}
+                Err(e @ crate::policy::PolicyError::Compile(_)) => {
+                    // Retried when the resources change; the dataplane keeps its last program.
+                    warn!(error = %ErrorChain(&e), "policy not updated");
+                }
+                Err(e) => {
+                    warn!(error = %ErrorChain(&e), "programming policy failed; resyncing");
+                    policy_failed = true;
+                }
+            }
+            policy = Some(plane);
+        }
+        let policy_ready = policy.as_ref().is_some_and(PolicyPlane::ready);
         match dataplane.reconcile(&desired).await {
             Ok(stats) => {
-                retry_after_error = false;
-                if !ready.swap(true, Ordering::SeqCst) {
-                    info!(routes = desired.routes.len(), "dataplane programmed; ready");
+                retry_after_error = policy_failed;
+                if policy_ready && !ready.swap(true, Ordering::SeqCst) {
+                    info!(
+                        routes = desired.routes.len(),
+                        "dataplane and policy programmed; ready"
+                    );
                 }
                 if stats.routes_set + stats.routes_removed > 0 {
                     info!(
@@ -247,16 +306,40 @@ pub async fn run(
     }
 }
 
-fn apply_event(graph: &mut CalcGraph, node: &str, event: StoreEvent) {
+fn apply_event(graph: &mut CalcGraph, policy: &mut PolicyPlane, node: &str, event: StoreEvent) {
     match event {
         StoreEvent::Snapshot(items) => {
+            let (changed, errors) = policy.state.snapshot(
+                items
+                    .iter()
+                    .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+            );
+            for e in errors {
+                warn!(error = %e, "skipping a policy value");
+            }
+            if changed {
+                policy.mark_dirty();
+            }
             *graph = CalcGraph::new(node.to_string());
             for kv in items {
                 apply_put(graph, node, &kv);
             }
         }
-        StoreEvent::Put(kv) => apply_put(graph, node, &kv),
+        StoreEvent::Put(kv) => {
+            match policy.state.put(&kv.key, &kv.value) {
+                Ok(true) => policy.mark_dirty(),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "skipping a policy value");
+                    policy.mark_dirty();
+                }
+            }
+            apply_put(graph, node, &kv);
+        }
         StoreEvent::Delete(key) => {
+            if policy.state.delete(&key) {
+                policy.mark_dirty();
+            }
             if let Some(update) = sync::on_delete(&key) {
                 graph.apply(update);
             }
@@ -595,6 +678,11 @@ async fn serve_health(
             let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// Milliseconds to two decimals, for logs.
+fn round2(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
 }
 
 /// Displays an error with its whole source chain.

@@ -10,6 +10,9 @@ use std::net::IpAddr;
 use felis_api::Resource;
 use felis_ipam::model::Block;
 
+use crate::bgp::BgpConfigFacts;
+use crate::bgp::BgpNodeFacts;
+use crate::bgp::BgpPeerFacts;
 use crate::calc::BlockFacts;
 use crate::calc::EndpointFacts;
 use crate::calc::NodeFacts;
@@ -25,6 +28,8 @@ const NODES: &str = "/calico/resources/v3/projectcalico.org/nodes/";
 const POOLS: &str = "/calico/resources/v3/projectcalico.org/ippools/";
 const WEPS: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
 const BLOCKS: &str = "/calico/ipam/v2/assignment/";
+const BGP_CONFIGS: &str = "/calico/resources/v3/projectcalico.org/bgpconfigurations/";
+const BGP_PEERS: &str = "/calico/resources/v3/projectcalico.org/bgppeers/";
 
 /// A value the agent could not understand: it is skipped, and said once.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +54,9 @@ pub fn on_put(local_node: &str, key: &str, value: &[u8]) -> Result<Option<Update
     if !key.starts_with(RESOURCES) {
         return Ok(None);
     }
-    let wanted = key.starts_with(NODES) || key.starts_with(POOLS) || key.starts_with(WEPS);
+    let wanted = [NODES, POOLS, WEPS, BGP_CONFIGS, BGP_PEERS]
+        .iter()
+        .any(|prefix| key.starts_with(prefix));
     if !wanted {
         return Ok(None);
     }
@@ -73,6 +80,12 @@ pub fn on_put(local_node: &str, key: &str, value: &[u8]) -> Result<Option<Update
                 ipv4: bgp.and_then(|b| b.ipv4_address),
                 ipv6: bgp.and_then(|b| b.ipv6_address),
                 vxlan_v4,
+                labels: node.metadata.labels.clone(),
+                bgp: BgpNodeFacts {
+                    asn: bgp.and_then(|b| b.as_number).map(|a| felis_bgp::Asn(a.0)),
+                    route_reflector_cluster_id: bgp
+                        .and_then(|b| b.route_reflector_cluster_id.clone()),
+                },
             }))
         }
         Resource::IpPool(pool) => Some(Update::PoolSet(PoolFacts {
@@ -81,7 +94,12 @@ pub fn on_put(local_node: &str, key: &str, value: &[u8]) -> Result<Option<Update
             ipip_mode: pool.spec.ipip_mode,
             vxlan_mode: pool.spec.vxlan_mode,
             nat_outgoing: pool.spec.nat_outgoing,
+            disable_bgp_export: pool.spec.disable_bgp_export,
         })),
+        Resource::BgpConfiguration(config) => {
+            Some(Update::BgpConfigSet(BgpConfigFacts::from_resource(&config)))
+        }
+        Resource::BgpPeer(peer) => Some(Update::BgpPeerSet(BgpPeerFacts::from_resource(&peer))),
         Resource::WorkloadEndpoint(wep) if wep.spec.node == local_node => {
             Some(Update::EndpointSet(EndpointFacts {
                 key: endpoint_key(key),
@@ -105,6 +123,12 @@ pub fn on_delete(key: &str) -> Option<Update> {
     }
     if let Some(name) = key.strip_prefix(POOLS) {
         return Some(Update::PoolDeleted(name.to_string()));
+    }
+    if let Some(name) = key.strip_prefix(BGP_CONFIGS) {
+        return Some(Update::BgpConfigDeleted(name.to_string()));
+    }
+    if let Some(name) = key.strip_prefix(BGP_PEERS) {
+        return Some(Update::BgpPeerDeleted(name.to_string()));
     }
     if key.starts_with(WEPS) {
         // Endpoints of other nodes were never added; deleting an unknown key is a no-op.
@@ -182,6 +206,80 @@ mod tests {
             on_delete(&key),
             Some(Update::EndpointDeleted("default/n-k8s-p-eth0".into()))
         );
+    }
+
+    #[test]
+    fn bgp_resources_become_facts() {
+        let config = br#"{"apiVersion":"projectcalico.org/v3","kind":"BGPConfiguration",
+            "metadata":{"name":"default"},"spec":{"nodeToNodeMeshEnabled":false,"asNumber":65000,
+            "listenPort":1179,"nodeMeshMaxRestartTime":"2m",
+            "communities":[{"name":"c","value":"65000:100"}],
+            "prefixAdvertisements":[{"cidr":"10.244.0.0/16","communities":["c"]}],
+            "serviceClusterIPs":[{"cidr":"10.96.0.0/12"}]}}"#;
+        let update = on_put("a", &format!("{BGP_CONFIGS}default"), config)
+            .unwrap()
+            .unwrap();
+        let Update::BgpConfigSet(c) = update else {
+            panic!("{update:?}")
+        };
+        assert_eq!(c.node_to_node_mesh, Some(false));
+        assert_eq!(c.asn, Some(felis_bgp::Asn(65000)));
+        assert_eq!(c.listen_port, Some(1179));
+        assert_eq!(c.node_mesh_max_restart_time, Some(120));
+        assert_eq!(c.communities["c"], "65000:100");
+        assert_eq!(c.service_cluster_ips[0].to_string(), "10.96.0.0/12");
+
+        let peer = br#"{"apiVersion":"projectcalico.org/v3","kind":"BGPPeer",
+            "metadata":{"name":"tor"},"spec":{"nodeSelector":"rack == 'r1'",
+            "peerIP":"10.0.0.1:1179","asNumber":65001,"keepOriginalNextHop":true,
+            "password":{"secretKeyRef":{"name":"bgp","key":"tor"}},"sourceAddress":"None",
+            "maxRestartTime":"30s"}}"#;
+        let update = on_put("a", &format!("{BGP_PEERS}tor"), peer)
+            .unwrap()
+            .unwrap();
+        let Update::BgpPeerSet(p) = update else {
+            panic!("{update:?}")
+        };
+        assert_eq!(p.peer_ip, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(p.peer_port, Some(1179));
+        assert_eq!(p.asn, Some(felis_bgp::Asn(65001)));
+        assert_eq!(p.next_hop_mode, felis_bgp::rib::NextHopMode::Keep);
+        assert_eq!(p.password.unwrap().name, "bgp");
+        assert!(!p.use_node_ip);
+        assert_eq!(p.max_restart_time, Some(30));
+
+        assert_eq!(
+            on_delete(&format!("{BGP_PEERS}tor")),
+            Some(Update::BgpPeerDeleted("tor".into()))
+        );
+        assert_eq!(
+            on_delete(&format!("{BGP_CONFIGS}default")),
+            Some(Update::BgpConfigDeleted("default".into()))
+        );
+    }
+
+    #[test]
+    fn node_bgp_settings_labels_and_pool_export_flag_become_facts() {
+        let node = br#"{"apiVersion":"projectcalico.org/v3","kind":"Node",
+            "metadata":{"name":"rr","labels":{"rr":"true"}},
+            "spec":{"bgp":{"ipv4Address":"10.0.1.11/24","asNumber":65002,
+            "routeReflectorClusterID":"244.0.0.1"}}}"#;
+        let Ok(Some(Update::NodeSet(n))) = on_put("a", &format!("{NODES}rr"), node) else {
+            panic!("node")
+        };
+        assert_eq!(n.labels["rr"], "true");
+        assert_eq!(n.bgp.asn, Some(felis_bgp::Asn(65002)));
+        assert_eq!(
+            n.bgp.route_reflector_cluster_id.as_deref(),
+            Some("244.0.0.1")
+        );
+        let pool =
+            br#"{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"p"},
+            "spec":{"cidr":"10.244.0.0/16","disableBGPExport":true}}"#;
+        let Ok(Some(Update::PoolSet(p))) = on_put("a", &format!("{POOLS}p"), pool) else {
+            panic!("pool")
+        };
+        assert!(p.disable_bgp_export);
     }
 
     #[test]

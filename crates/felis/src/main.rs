@@ -265,6 +265,15 @@ enum NodeCommand {
     /// Run the node agent: register this node, then keep its routes, tunnels and NAT in line
     /// with the datastore.
     Run(NodeRunArgs),
+    /// The agent's BGP sessions, in calicoctl's shape: process line, IPv4 and IPv6 peer tables.
+    Status {
+        /// The agent's state directory (its `--state-dir`), where it writes `status.json`.
+        #[arg(long, env = "FELIS_STATE_DIR", default_value = "/var/lib/felis")]
+        state_dir: PathBuf,
+        /// Output format: table (default) or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
 }
 
 #[derive(Args)]
@@ -528,6 +537,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Node(NodeCommand::Run(args)) => node_run(datastore, args),
+        Command::Node(NodeCommand::Status { state_dir, output }) => {
+            use felis_agent::bgp::{STATUS_MAX_AGE, StatusReport, render_status};
+            let contents = std::fs::read(state_dir.join("status.json")).ok();
+            #[allow(clippy::disallowed_methods)] // the CLI edge reads the clock
+            let now = std::time::SystemTime::now();
+            let report = StatusReport::from_status_file(contents.as_deref(), now, STATUS_MAX_AGE);
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_status(&report));
+            }
+            Ok(if report.running {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Ipam(command) => ipam(datastore, command),
         Command::Apply(args) => write(datastore, &args, WriteMode::Apply, "applied"),
         Command::Create { files, skip_exists } => write(

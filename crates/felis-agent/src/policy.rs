@@ -1,0 +1,594 @@
+//! Network policy on this host: the policy-relevant resources of the datastore, compiled into a
+//! [`Program`] for this node's workload endpoints, and the nftables dataplane that enforces it.
+//!
+//! [`PolicyState`] is pure: it keeps every policy-relevant resource by key (from the same
+//! snapshot, put and delete events as the calculation graph) and turns them into a
+//! [`DesiredPolicy`]: the program plus each local endpoint's interface. [`PolicyPlane`] adds the
+//! [`PolicyDataplane`] and decides when to apply (after a change, after a failure, on resync).
+//!
+//! Nothing is programmed before the first snapshot: an agent that has not seen the datastore yet
+//! would otherwise install an empty program, and `felis-nft` drops every `cali*` interface that
+//! has no verdict-map entry, cutting off running workloads until the snapshot arrives.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use felis_api::Kind;
+use felis_api::Resource;
+use felis_nft::ApplyStats;
+use felis_nft::PolicyDataplane;
+use felis_policy::PolicySet;
+use felis_policy::Program;
+
+use crate::sync::Undecodable;
+
+/// The kinds whose resources decide policy (Calico's policy calculation inputs).
+pub const POLICY_KINDS: [Kind; 10] = [
+    Kind::NetworkPolicy,
+    Kind::GlobalNetworkPolicy,
+    Kind::Tier,
+    Kind::Profile,
+    Kind::NetworkSet,
+    Kind::GlobalNetworkSet,
+    Kind::HostEndpoint,
+    Kind::WorkloadEndpoint,
+    Kind::K8sNetworkPolicy,
+    Kind::Namespace,
+];
+
+/// Whether `key` holds a policy-relevant resource.
+pub fn is_policy_key(key: &str) -> bool {
+    POLICY_KINDS
+        .iter()
+        .any(|kind| key.starts_with(&kind.key_prefix()))
+}
+
+/// What this host's policy dataplane should enforce.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredPolicy {
+    /// The compiled policy of the local workload endpoints.
+    pub program: Program,
+    /// Endpoint key (`<namespace>/<name>`) to host-side interface, for local endpoints that
+    /// have one.
+    pub interfaces: BTreeMap<String, String>,
+    /// Resources left out because the engine refused them: key and reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Every policy-relevant resource, by datastore key. Pure.
+#[derive(Debug, Clone)]
+pub struct PolicyState {
+    node: String,
+    /// Key to (raw value, decoded resource); the raw value tells a real change from a replay.
+    resources: BTreeMap<String, (Vec<u8>, Resource)>,
+    /// Whether a snapshot has been seen.
+    synced: bool,
+}
+
+impl PolicyState {
+    /// Empty state for node `node`; not [`synced`](PolicyState::synced) until a snapshot.
+    pub fn new(node: impl Into<String>) -> PolicyState {
+        PolicyState {
+            node: node.into(),
+            resources: BTreeMap::new(),
+            synced: false,
+        }
+    }
+
+    /// Whether a snapshot has been applied.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Number of resources kept.
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// Whether no resource is kept.
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Replaces everything with a snapshot's `(key, value)` pairs. Returns whether anything
+    /// changed, and the values that could not be decoded (skipped).
+    pub fn snapshot<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> (bool, Vec<Undecodable>) {
+        let mut next = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (key, value) in items {
+            if !is_policy_key(key) {
+                continue;
+            }
+            match decode(key, value) {
+                Ok(resource) => {
+                    next.insert(key.to_string(), (value.to_vec(), resource));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let changed = !self.synced || !same_keys_and_values(&self.resources, &next);
+        self.resources = next;
+        self.synced = true;
+        (changed, errors)
+    }
+
+    /// Records a put. Returns whether anything changed; a value that cannot be decoded is
+    /// skipped (and an older value under its key forgotten).
+    pub fn put(&mut self, key: &str, value: &[u8]) -> Result<bool, Undecodable> {
+        if !is_policy_key(key) {
+            return Ok(false);
+        }
+        if self.resources.get(key).is_some_and(|(old, _)| old == value) {
+            return Ok(false);
+        }
+        match decode(key, value) {
+            Ok(resource) => {
+                self.resources
+                    .insert(key.to_string(), (value.to_vec(), resource));
+                Ok(true)
+            }
+            Err(e) => {
+                self.resources.remove(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a delete. Returns whether anything changed.
+    pub fn delete(&mut self, key: &str) -> bool {
+        self.resources.remove(key).is_some()
+    }
+
+    /// The program for this node's workload endpoints and their interfaces.
+    ///
+    /// A resource the engine refuses (say, a rule with a `services` match) is left out and
+    /// named in [`DesiredPolicy::skipped`]: one bad policy must not freeze every other update
+    /// (new endpoints would stay unreachable). The rest is enforced as if it were not stored.
+    pub fn desired(&self) -> Result<DesiredPolicy, felis_policy::Error> {
+        let mut resources: Vec<Resource> =
+            self.resources.values().map(|(_, r)| r.clone()).collect();
+        let mut skipped = Vec::new();
+        let set = match PolicySet::from_resources(&resources) {
+            Ok(set) => set,
+            Err(whole) => {
+                resources.clear();
+                for (key, (_, resource)) in &self.resources {
+                    match PolicySet::from_resources(std::slice::from_ref(resource)) {
+                        Ok(_) => resources.push(resource.clone()),
+                        Err(e) => skipped.push((key.clone(), error_chain(&e))),
+                    }
+                }
+                if skipped.is_empty() {
+                    return Err(whole);
+                }
+                PolicySet::from_resources(&resources)?
+            }
+        };
+        let mut interfaces = BTreeMap::new();
+        let mut local = BTreeSet::new();
+        for resource in &resources {
+            if let Resource::WorkloadEndpoint(wep) = resource
+                && wep.spec.node == self.node
+            {
+                let key = format!(
+                    "{}/{}",
+                    resource.namespace().unwrap_or("default"),
+                    wep.metadata.name
+                );
+                if !wep.spec.interface_name.is_empty() {
+                    interfaces.insert(key.clone(), wep.spec.interface_name.clone());
+                }
+                local.insert(key);
+            }
+        }
+        let program = set.compile(set.endpoints.iter().filter(|e| {
+            e.namespace
+                .as_ref()
+                .is_some_and(|ns| local.contains(&format!("{ns}/{}", e.name)))
+        }));
+        Ok(DesiredPolicy {
+            program,
+            interfaces,
+            skipped,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn same_keys_and_values(
+    a: &BTreeMap<String, (Vec<u8>, Resource)>,
+    b: &BTreeMap<String, (Vec<u8>, Resource)>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, (va, _)), (kb, (vb, _)))| ka == kb && va == vb)
+}
+
+fn decode(key: &str, value: &[u8]) -> Result<Resource, Undecodable> {
+    let bad = |reason: String| Undecodable {
+        key: key.to_string(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    Resource::from_value(json).map_err(|e| bad(e.to_string()))
+}
+
+/// Why applying policy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The resources could not be compiled (the dataplane keeps its last program).
+    #[error("compiling policy")]
+    Compile(#[source] felis_policy::Error),
+    /// nftables refused the ruleset (the next pass resyncs).
+    #[error("programming nftables")]
+    Nft(#[source] felis_nft::Error),
+}
+
+/// Periodic resyncs closer than this to the last full one are skipped.
+pub const MIN_RESYNC_GAP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The outcome of one [`PolicyPlane::apply`] that did something.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// What was sent.
+    pub stats: ApplyStats,
+    /// Local endpoints programmed.
+    pub endpoints: usize,
+    /// Policies in the program.
+    pub policies: usize,
+    /// Compile time, milliseconds.
+    pub compile_ms: f64,
+    /// nft transaction time, milliseconds.
+    pub apply_ms: f64,
+    /// Resources left out (key, reason); see [`PolicyState::desired`].
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The policy state and its nftables dataplane, with the bookkeeping of when to apply.
+#[derive(Debug)]
+pub struct PolicyPlane {
+    /// The resources.
+    pub state: PolicyState,
+    dataplane: PolicyDataplane,
+    /// Something changed since the last successful apply.
+    dirty: bool,
+    /// The next apply must be a full resync.
+    resync: bool,
+    /// When the last full resync succeeded: a periodic resync asked for right after one (the
+    /// resync timer's first tick at start-up) is skipped.
+    last_full: Option<Instant>,
+    /// A program has been applied since the first snapshot.
+    applied_once: bool,
+}
+
+impl PolicyPlane {
+    /// A plane for node `node`.
+    pub fn new(node: impl Into<String>) -> PolicyPlane {
+        PolicyPlane {
+            state: PolicyState::new(node),
+            dataplane: PolicyDataplane::new(),
+            dirty: true,
+            resync: true,
+            last_full: None,
+            applied_once: false,
+        }
+    }
+
+    /// Marks the state changed.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Asks for a full resync on the next apply (the periodic resync); none is done when one
+    /// succeeded less than [`MIN_RESYNC_GAP`] ago.
+    pub fn invalidate(&mut self) {
+        if self
+            .last_full
+            .is_none_or(|at| at.elapsed() >= MIN_RESYNC_GAP)
+        {
+            self.resync = true;
+        }
+    }
+
+    /// Whether policy has been programmed from a datastore snapshot at least once.
+    pub fn ready(&self) -> bool {
+        self.applied_once
+    }
+
+    /// Compiles and applies when something changed (or a resync is due); `Ok(None)` when there
+    /// was nothing to do. Blocking: it runs `nft`.
+    pub fn apply(&mut self) -> Result<Option<Applied>, PolicyError> {
+        if !self.state.synced() || !(self.dirty || self.resync) {
+            return Ok(None);
+        }
+        let start = Instant::now();
+        let desired = self.state.desired().map_err(|e| {
+            // Nothing to retry until the resources change.
+            self.dirty = false;
+            PolicyError::Compile(e)
+        })?;
+        let compiled = Instant::now();
+        let result = if self.resync {
+            self.dataplane.resync(&desired.program, &desired.interfaces)
+        } else {
+            self.dataplane.apply(&desired.program, &desired.interfaces)
+        };
+        let stats = result.map_err(|e| {
+            self.resync = true;
+            PolicyError::Nft(e)
+        })?;
+        let done = Instant::now();
+        if self.resync {
+            self.last_full = Some(done);
+        }
+        self.dirty = false;
+        self.resync = false;
+        self.applied_once = true;
+        Ok(Some(Applied {
+            stats,
+            endpoints: desired.interfaces.len(),
+            policies: desired.program.policies.len(),
+            compile_ms: (compiled - start).as_secs_f64() * 1000.0,
+            apply_ms: (done - compiled).as_secs_f64() * 1000.0,
+            skipped: desired.skipped,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use felis_api::key_for;
+    use felis_policy::Packet;
+    use felis_policy::Verdict;
+
+    fn wep(node: &str, name: &str, ip: &str, iface: &str, labels: &str) -> (String, Vec<u8>) {
+        let wep_name = format!("{node}-k8s-{name}-eth0");
+        let value = format!(
+            r#"{{"apiVersion":"projectcalico.org/v3","kind":"WorkloadEndpoint",
+            "metadata":{{"name":"{wep_name}","namespace":"default","labels":{{{labels}}}}},
+            "spec":{{"node":"{node}","interfaceName":"{iface}","ipNetworks":["{ip}/32"],
+            "endpoint":"eth0","orchestrator":"k8s","pod":"{name}","profiles":["kns.default"]}}}}"#
+        );
+        (
+            key_for(Kind::WorkloadEndpoint, Some("default"), &wep_name),
+            value.into_bytes(),
+        )
+    }
+
+    fn deny_db_allow_web() -> (String, Vec<u8>) {
+        let value = br#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy",
+            "metadata":{"name":"db","namespace":"default"},
+            "spec":{"selector":"role == 'db'","types":["Ingress"],
+                    "ingress":[{"action":"Allow","source":{"selector":"role == 'web'"}}]}}"#;
+        (
+            key_for(Kind::NetworkPolicy, Some("default"), "db"),
+            value.to_vec(),
+        )
+    }
+
+    fn cluster() -> Vec<(String, Vec<u8>)> {
+        vec![
+            wep("a", "web", "10.0.0.1", "caliweb", r#""role":"web""#),
+            wep("a", "db", "10.0.0.2", "calidb", r#""role":"db""#),
+            wep("b", "other", "10.0.1.1", "caliother", ""),
+            (
+                "/calico/resources/v3/projectcalico.org/nodes/a".to_string(),
+                br#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"name":"a"},"spec":{}}"#.to_vec(),
+            ),
+        ]
+    }
+
+    fn state(items: &[(String, Vec<u8>)]) -> PolicyState {
+        let mut s = PolicyState::new("a");
+        let (changed, errors) = s.snapshot(items.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert!(changed);
+        assert!(errors.is_empty(), "{errors:?}");
+        s
+    }
+
+    fn icmp(from: &str, to: &str) -> Packet {
+        Packet::icmp(from.parse().unwrap(), to.parse().unwrap(), 8, 0)
+    }
+
+    #[test]
+    fn keeps_only_policy_kinds_and_compiles_local_endpoints() {
+        let s = state(&cluster());
+        assert_eq!(s.len(), 3, "the node is not policy-relevant");
+        let desired = s.desired().unwrap();
+        assert_eq!(
+            desired.interfaces,
+            BTreeMap::from([
+                ("default/a-k8s-db-eth0".to_string(), "calidb".to_string()),
+                ("default/a-k8s-web-eth0".to_string(), "caliweb".to_string()),
+            ])
+        );
+        let keys: Vec<&String> = desired.program.endpoints.keys().collect();
+        assert_eq!(keys, ["default/a-k8s-db-eth0", "default/a-k8s-web-eth0"]);
+        assert!(desired.program.policies.is_empty());
+        // No policy: the namespace profile allows.
+        let trace = desired.program.verdict(
+            &icmp("10.0.1.1", "10.0.0.2"),
+            None,
+            Some("default/a-k8s-db-eth0"),
+        );
+        assert_eq!(trace.verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn a_policy_put_and_delete_change_the_program() {
+        let mut s = state(&cluster());
+        let (key, value) = deny_db_allow_web();
+        assert!(s.put(&key, &value).unwrap());
+        assert!(!s.put(&key, &value).unwrap(), "a replay is no change");
+        let desired = s.desired().unwrap();
+        assert_eq!(desired.program.policies.len(), 1);
+        let db = Some("default/a-k8s-db-eth0");
+        let p = &desired.program;
+        assert_eq!(
+            p.verdict(&icmp("10.0.1.1", "10.0.0.2"), None, db).verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            p.verdict(
+                &icmp("10.0.0.1", "10.0.0.2"),
+                Some("default/a-k8s-web-eth0"),
+                db
+            )
+            .verdict,
+            Verdict::Allow
+        );
+        assert!(s.delete(&key));
+        assert!(!s.delete(&key));
+        assert!(s.desired().unwrap().program.policies.is_empty());
+    }
+
+    #[test]
+    fn snapshots_report_change_only_when_something_differs() {
+        let items = cluster();
+        let mut s = state(&items);
+        let again = s.snapshot(items.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert!(!again.0);
+        let mut more = items.clone();
+        more.push(deny_db_allow_web());
+        let next = s.snapshot(more.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert!(next.0);
+    }
+
+    #[test]
+    fn undecodable_values_are_reported_and_skipped() {
+        let mut s = state(&cluster());
+        let key = key_for(Kind::NetworkPolicy, Some("default"), "bad");
+        assert!(s.put(&key, b"not json").is_err());
+        assert_eq!(s.len(), 3);
+        assert!(!is_policy_key("/calico/ipam/v2/assignment/ipv4/block/x"));
+        assert!(is_policy_key(&key_for(Kind::Namespace, None, "ns")));
+        assert!(is_policy_key(&key_for(
+            Kind::K8sNetworkPolicy,
+            Some("ns"),
+            "k"
+        )));
+    }
+
+    #[test]
+    fn an_endpoint_rescheduled_elsewhere_leaves_this_node() {
+        let mut s = state(&cluster());
+        // The db pod is rescheduled: a's endpoint goes, b gets one (names carry the node).
+        let (key, value) = wep("b", "db", "10.0.1.2", "calidb2", r#""role":"db""#);
+        assert!(s.put(&key, &value).unwrap());
+        let (db_key, _) = wep("a", "db", "10.0.0.2", "calidb", "");
+        assert!(s.delete(&db_key));
+        let desired = s.desired().unwrap();
+        assert_eq!(
+            desired.interfaces.keys().collect::<Vec<_>>(),
+            ["default/a-k8s-web-eth0"]
+        );
+    }
+
+    #[test]
+    fn a_refused_policy_is_skipped_and_the_rest_still_compiles() {
+        let mut s = state(&cluster());
+        let (key, value) = deny_db_allow_web();
+        assert!(s.put(&key, &value).unwrap());
+        let bad_key = key_for(Kind::GlobalNetworkPolicy, None, "svc");
+        let bad = br#"{"apiVersion":"projectcalico.org/v3","kind":"GlobalNetworkPolicy",
+            "metadata":{"name":"svc"},
+            "spec":{"selector":"all()","types":["Egress"],
+                    "egress":[{"action":"Deny","destination":{"services":{"name":"kubernetes","namespace":"default"}}}]}}"#;
+        assert!(s.put(&bad_key, bad).unwrap());
+        let desired = s.desired().unwrap();
+        assert_eq!(desired.skipped.len(), 1, "{:?}", desired.skipped);
+        assert_eq!(desired.skipped[0].0, bad_key);
+        assert_eq!(desired.program.policies.len(), 1, "the good policy stays");
+        assert_eq!(
+            desired.interfaces.len(),
+            2,
+            "endpoints are still programmed"
+        );
+    }
+
+    #[test]
+    fn the_plane_waits_for_a_snapshot() {
+        let mut plane = PolicyPlane::new("a");
+        // No snapshot: nothing is programmed (no nft is run).
+        assert!(plane.apply().unwrap().is_none());
+        assert!(!plane.ready());
+    }
+
+    mod order {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Puts and deletes of a small universe of resources, in any order, with replays.
+        #[derive(Debug, Clone)]
+        enum Op {
+            Put(usize),
+            Delete(usize),
+        }
+
+        fn universe() -> Vec<(String, Vec<u8>)> {
+            let mut items = cluster();
+            items.push(deny_db_allow_web());
+            items.push(wep(
+                "a",
+                "cache",
+                "10.0.0.3",
+                "calicache",
+                r#""role":"web""#,
+            ));
+            items
+        }
+
+        proptest! {
+            #[test]
+            fn events_in_any_order_give_what_a_snapshot_of_the_result_gives(
+                ops in proptest::collection::vec(
+                    prop_oneof![(0usize..6).prop_map(Op::Put), (0usize..6).prop_map(Op::Delete)],
+                    0..30,
+                )
+            ) {
+                let all = universe();
+                let mut incremental = PolicyState::new("a");
+                incremental.snapshot(std::iter::empty());
+                let mut present = BTreeMap::new();
+                for op in &ops {
+                    match op {
+                        Op::Put(i) => {
+                            let (k, v) = &all[*i];
+                            incremental.put(k, v).unwrap();
+                            present.insert(k.clone(), v.clone());
+                        }
+                        Op::Delete(i) => {
+                            let (k, _) = &all[*i];
+                            incremental.delete(k);
+                            present.remove(k);
+                        }
+                    }
+                }
+                let mut fresh = PolicyState::new("a");
+                fresh.snapshot(present.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+                prop_assert_eq!(incremental.desired().unwrap(), fresh.desired().unwrap());
+                // And a snapshot of the same content is no change.
+                let (changed, _) = incremental
+                    .snapshot(present.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+                prop_assert!(!changed);
+            }
+        }
+    }
+}
