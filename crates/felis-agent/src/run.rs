@@ -244,6 +244,10 @@ pub async fn run(
             })
             .await?;
             match result {
+                Ok(Some(applied)) if applied.stats.is_empty() && applied.skipped.is_empty() => {
+                    // Recompiled after an irrelevant change (say, a WEP's container ID).
+                    policy_failed = false;
+                }
                 Ok(Some(applied)) => {
                     policy_failed = false;
                     for (key, reason) in &applied.skipped {

@@ -419,3 +419,37 @@ spec:
         );
     }
 }
+
+#[test]
+fn an_egress_policy_limits_its_workload_to_one_peer_on_another_host() {
+    let Some(lab) = Lab::up(&["--hosts", "2", "--subnets", "1", "--workloads", "2"]) else {
+        return;
+    };
+    let addresses = lab.addresses();
+    lab.cli(&["label", "wep", &wep_name("h1-w2"), "role=client"]);
+    lab.cli(&["label", "wep", &wep_name("h2-w2"), "role=db"]);
+    let applied = lab.apply(
+        r#"apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: client-egress
+  namespace: default
+spec:
+  selector: role == 'client'
+  types: [Egress]
+  egress:
+  - action: Allow
+    destination:
+      selector: role == 'db'
+"#,
+    );
+    lab.until("h1-w2", &addresses["h1-w1"], false, applied);
+    assert_pairs(&lab, &addresses, |from, to| {
+        from != "h1-w2" || to == "h2-w2"
+    });
+    let report = lab.check();
+    for probe in report["probes"].as_array().unwrap() {
+        let expected = probe["from"] != "h1-w2" || probe["to"] == "h2-w2";
+        assert_eq!(probe["ok"], expected, "{probe}: {report:#}");
+    }
+}
