@@ -41,6 +41,7 @@ use tracing::info;
 use tracing::warn;
 
 use crate::autodetect;
+use crate::bgp::BgpRunner;
 use crate::calc::CalcGraph;
 use crate::calc::Update;
 use crate::dataplane::Dataplane;
@@ -83,8 +84,11 @@ pub struct Config {
     pub default_pool: Option<DefaultPool>,
     /// Full reconciliation period.
     pub resync_interval: Duration,
-    /// Where `nodename` and `mtu` are written for the CNI plugin.
+    /// Where `nodename` and `mtu` are written for the CNI plugin, and `status.json` for
+    /// `felis node status`.
     pub state_dir: PathBuf,
+    /// Run the BGP speaker (calico-node's `CALICO_NETWORKING_BACKEND=bird`).
+    pub bgp: bool,
 }
 
 /// Agent errors (start-up; the loop itself retries).
@@ -193,6 +197,14 @@ pub async fn run(
     let mut retry_after_error = false;
     let mut tunnel_checked_for: Option<bool> = None;
     let mut written_mtu: Option<u32> = None;
+    // BGP: the speaker follows the graph's desired configuration; what it learns comes back
+    // into the graph as facts.
+    let mut bgp_runner = config
+        .bgp
+        .then(|| BgpRunner::new(crate::bgp::DEFAULT_SECRETS_DIR));
+    let (learned_tx, mut learned_rx) = mpsc::unbounded_channel::<Update>();
+    let mut status_tick = tokio::time::interval(crate::bgp::STATUS_INTERVAL);
+    let mut bgp_failed = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -215,6 +227,23 @@ pub async fn run(
                     plane.invalidate();
                 }
             }
+            Some(update) = learned_rx.recv() => {
+                graph.apply(update);
+                while let Ok(update) = learned_rx.try_recv() {
+                    graph.apply(update);
+                }
+            }
+            _ = status_tick.tick() => {
+                if let Some(runner) = &bgp_runner {
+                    #[allow(clippy::disallowed_methods)] // the shell reads the clock for the report
+                    let report = runner.status(std::time::SystemTime::now()).await;
+                    let path = config.state_dir.join("status.json");
+                    if let Err(e) = crate::bgp::write_status_file(&path, &report) {
+                        warn!(error = %ErrorChain(&e), "writing the BGP status failed");
+                    }
+                }
+                continue;
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)), if retry_after_error => {}
         }
         // Calico's pod MTU: the host's, less the largest overhead of the encapsulations in use.
@@ -224,6 +253,26 @@ pub async fn run(
                 Ok(()) => written_mtu = Some(pod_mtu),
                 Err(e) => warn!(error = %ErrorChain(&e), "writing the MTU file failed"),
             }
+        }
+        if let Some(runner) = &mut bgp_runner {
+            let result = runner.reconcile(graph.bgp_desired().as_ref()).await;
+            if result.stopped {
+                graph.apply(Update::LearnedRoutesCleared);
+            }
+            if let Some(mut changes) = result.changes {
+                let tx = learned_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(change) = changes.recv().await {
+                        if tx.send(crate::bgp::learned_update(&change)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            for e in &result.errors {
+                warn!(error = %ErrorChain(e), "BGP configuration not applied yet; retrying");
+            }
+            bgp_failed = !result.errors.is_empty();
         }
         let desired = graph.desired();
         // A VXLAN pool needs this node's tunnel address: allocate it once pools say so.
@@ -285,7 +334,7 @@ pub async fn run(
         let policy_ready = policy.as_ref().is_some_and(PolicyPlane::ready);
         match dataplane.reconcile(&desired).await {
             Ok(stats) => {
-                retry_after_error = policy_failed;
+                retry_after_error = policy_failed || bgp_failed;
                 if policy_ready && !ready.swap(true, Ordering::SeqCst) {
                     info!(
                         routes = desired.routes.len(),

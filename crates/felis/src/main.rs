@@ -309,6 +309,10 @@ struct NodeRunArgs {
     /// Seconds between full reconciliations.
     #[arg(long, default_value_t = 90)]
     resync_interval: u64,
+    /// `bird` (or `bgp`): run the BGP speaker (node-to-node mesh, BGPPeers); `vxlan` or `none`:
+    /// no BGP, routes to other nodes' blocks come from IPAM alone.
+    #[arg(long, env = "CALICO_NETWORKING_BACKEND", default_value = "bird", value_parser = ["bird", "bgp", "vxlan", "none"])]
+    networking_backend: String,
 }
 
 #[derive(Subcommand)]
@@ -937,6 +941,7 @@ fn node_run(datastore: Option<String>, args: NodeRunArgs) -> anyhow::Result<Exit
         default_pool,
         resync_interval: std::time::Duration::from_secs(args.resync_interval.max(1)),
         state_dir: args.state_dir,
+        bgp: matches!(args.networking_backend.as_str(), "bird" | "bgp"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

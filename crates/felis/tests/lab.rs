@@ -313,3 +313,82 @@ fn an_agent_killed_and_restarted_under_traffic_keeps_flows_and_recreates_nothing
         &log[second_start..]
     );
 }
+
+#[test]
+fn hosts_form_a_bgp_full_mesh_and_node_status_shows_it() {
+    let Some(lab) = Lab::up(&["--hosts", "3", "--subnets", "2", "--workloads", "0"]) else {
+        return;
+    };
+    let status = |host: &str| -> serde_json::Value {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{}.{host}", lab.name),
+                env!("CARGO_BIN_EXE_felis"),
+            ])
+            .args([
+                "node",
+                "status",
+                "--state-dir",
+                &format!("/run/felis/lab/{}/{host}", lab.name),
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    // Sessions come up within seconds (connect delay 2 s); the status file is rewritten every 5 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for host in ["h1", "h2", "h3"] {
+        loop {
+            let report = status(host);
+            let peers = report["peers"].as_array().cloned().unwrap_or_default();
+            let established = peers
+                .iter()
+                .filter(|p| p["bgp_state"] == "Established" && p["type"] == "node-to-node mesh")
+                .count();
+            if established == 2 {
+                // Each node advertises its own block to each peer and receives theirs.
+                assert!(
+                    peers
+                        .iter()
+                        .all(|p| p["prefixes"]["received"].as_u64() >= Some(1)),
+                    "{report:#}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{host}: mesh not established: {report:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}.h1", lab.name),
+            env!("CARGO_BIN_EXE_felis"),
+        ])
+        .args([
+            "node",
+            "status",
+            "--state-dir",
+            &format!("/run/felis/lab/{}/h1", lab.name),
+        ])
+        .output()
+        .unwrap();
+    let text = text(&out.stdout);
+    assert!(
+        text.starts_with("Felis process is running.\n\nIPv4 BGP status\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| 10.0.2.10    | node-to-node mesh | up    |"),
+        "{text}"
+    );
+    assert!(text.contains("No IPv6 peers found."), "{text}");
+}
