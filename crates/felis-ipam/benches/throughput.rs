@@ -85,14 +85,26 @@ fn main() {
         .next()
         .unwrap_or(2000);
     println!("{n} single-address allocations for one node, /16 pool (1024 /26 blocks)");
-    for backend in ["memstore", "sqlite sync=normal", "sqlite sync=full"] {
+    // `FELIS_BENCH_BACKENDS=memstore,etcd` runs some of them.
+    let wanted = std::env::var("FELIS_BENCH_BACKENDS").unwrap_or_default();
+    for backend in ["memstore", "sqlite sync=normal", "sqlite sync=full", "etcd"] {
+        if !wanted.is_empty() && !wanted.split(',').any(|w| backend.starts_with(w.trim())) {
+            continue;
+        }
         let mut rates = Vec::new();
         for fill_pool in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let mem = MemStore::new();
             let opened;
+            let etcd;
             let inner: &dyn Datastore = match backend {
                 "memstore" => &mem,
+                "etcd" => {
+                    // A fresh etcd (Debian etcd-server) per case, on free loopback ports.
+                    etcd = felis_store::testing::EtcdServer::start().unwrap();
+                    opened = felis_store::open(&etcd.url()).unwrap();
+                    &*opened
+                }
                 other => {
                     let sync = other.trim_start_matches("sqlite sync=");
                     opened = felis_store::open(&format!(
