@@ -37,6 +37,16 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A TCP port nothing listens on now (on every address), chosen by the kernel: ports derived
+/// from the pid collided with other tests and with ephemeral ports.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::]:0")
+        .or_else(|_| std::net::TcpListener::bind("0.0.0.0:0"))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
 fn facts(a: IpAddr, b: IpAddr, port: u16) -> Vec<Update> {
     let node = |name: &str, address: IpAddr| {
         Update::NodeSet(NodeFacts {
@@ -176,9 +186,9 @@ async fn bgp_runners_bring_up_the_mesh_apply_changes_and_report_status() {
     let a_addr = IpAddr::from([127, (pid % 200) as u8 + 20, 78, 1]);
     let b_addr = IpAddr::from([127, (pid % 200) as u8 + 20, 78, 2]);
     // Each node listens on its own port (`node.<name>` listenPort): they share this host.
-    let port = 20_000 + (pid % 20_000) as u16;
+    let port = free_port();
     let mut updates = facts(a_addr, b_addr, port);
-    for (name, p) in [("node.a", port + 1), ("node.b", port + 2)] {
+    for (name, p) in [("node.a", free_port()), ("node.b", free_port())] {
         updates.push(Update::BgpConfigSet(BgpConfigFacts {
             name: name.into(),
             listen_port: Some(p),

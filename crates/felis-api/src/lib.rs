@@ -31,6 +31,7 @@ mod resource;
 pub mod rule;
 pub mod selector;
 pub mod table;
+pub mod time;
 pub mod validate;
 
 pub use error::ValidationError;
