@@ -179,6 +179,46 @@ pub(crate) fn stop_agent(host: &crate::plan::Host, kill: bool) -> Result<bool, E
     Ok(!agents.is_empty())
 }
 
+/// Waits until every workload interface (`cali*`) on every host is in its host's policy
+/// verdict maps (`pol-from-wl` and `pol-to-wl` of table `inet felis`): until then the agent's
+/// dataplane drops the new interface's traffic, by design, as Calico's CNI can wait for Felix.
+pub(crate) fn wait_policy_programmed(state: &State, timeout: Duration) -> Result<(), Error> {
+    #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
+    let deadline = Instant::now() + timeout;
+    for host in &state.plan.hosts {
+        loop {
+            let links = crate::sh::ip_in(&host.netns, &["-o", "link", "show"])?;
+            let workloads: Vec<String> = links
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|name| name.split('@').next().unwrap_or(name).to_string())
+                .filter(|name| name.starts_with("cali"))
+                .collect();
+            let maps: String = ["pol-from-wl", "pol-to-wl"]
+                .iter()
+                .map(|map| {
+                    crate::sh::exec_in(&host.netns, &["nft", "list", "map", "inet", "felis", map])
+                        .unwrap_or_default()
+                })
+                .collect();
+            let listed = |name: &String| maps.matches(&format!("\"{name}\"")).count() >= 2;
+            if workloads.iter().all(listed) {
+                break;
+            }
+            #[allow(clippy::disallowed_methods)]
+            if Instant::now() > deadline {
+                return Err(Error::Invalid(format!(
+                    "the agent on {} did not program policy for its workloads within {}s",
+                    host.name,
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
 /// Asks an agent's `/readiness` from inside its host's namespace.
 pub(crate) fn is_ready(netns: &str) -> bool {
     let Ok(ns) = felis_netlink::Netns::open(Path::new("/run/netns").join(netns)) else {

@@ -194,7 +194,8 @@ pub fn attach_workloads(state: &mut State, felis_binary: &std::path::Path) -> Re
     for (name, address) in agents::attach(state, felis_binary)? {
         state.addresses.insert(name, address);
     }
-    state.save()
+    state.save()?;
+    agents::wait_policy_programmed(state, std::time::Duration::from_secs(30))
 }
 
 /// Stops a host's agent (SIGKILL with `kill`, as a crash; else SIGTERM); the dataplane it
