@@ -54,7 +54,7 @@ pub enum Error {
     },
     /// nftables refused the NAT rules.
     #[error("programming natOutgoing")]
-    Nat(#[source] nat::NftError),
+    Nat(#[source] felis_nft::Error),
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(felis_netlink::Error) -> Error {
@@ -106,7 +106,7 @@ impl Dataplane {
             let script = nat::render(&desired.nat);
             tokio::task::spawn_blocking(move || nat::apply(&script))
                 .await
-                .map_err(|e| Error::Nat(nat::NftError::Spawn(std::io::Error::other(e))))?
+                .map_err(|e| Error::Nat(felis_nft::Error::Spawn(std::io::Error::other(e))))?
                 .map_err(Error::Nat)?;
             self.nat_programmed = Some(desired.nat.clone());
         }

@@ -5,10 +5,6 @@
 //! The rules live in the agent's table `inet felis`; this module owns only its sets and chain
 //! there, and rewrites them in one transaction.
 
-use std::io::Write;
-use std::process::Command;
-use std::process::Stdio;
-
 use ipnet::IpNet;
 
 use crate::calc::NatSets;
@@ -63,43 +59,13 @@ fn v6(nets: &std::collections::BTreeSet<IpNet>) -> Vec<String> {
         .collect()
 }
 
-/// Failure to apply an nft script.
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    /// `nft` could not be run.
-    #[error("failed to run nft")]
-    Spawn(#[source] std::io::Error),
-    /// `nft` refused the script.
-    #[error("nft refused the ruleset: {0}")]
-    Refused(String),
-}
-
 /// Applies an nft script in one transaction (`nft -f -`) in the caller's namespace.
-pub fn apply(script: &str) -> Result<(), NftError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(NftError::Spawn)?;
-    }
-    let output = child.wait_with_output().map_err(NftError::Spawn)?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Refused(
-            String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        ))
-    }
+pub fn apply(script: &str) -> Result<(), felis_nft::Error> {
+    felis_nft::nft::apply_script(script)
 }
 
 /// Removes the agent's table (for tests and `--cleanup`). A missing table is fine.
-pub fn remove_table() -> Result<(), NftError> {
+pub fn remove_table() -> Result<(), felis_nft::Error> {
     apply(&format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
     ))

@@ -164,7 +164,13 @@ pub trait Datastore: Send + Sync {
     /// Lists every key that starts with `prefix`, in key order.
     fn list(&self, prefix: &str) -> Result<Listing, Error>;
     /// Creates `key`; fails with [`Error::AlreadyExists`] if it exists. Returns the new revision.
-    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, Error>;
+    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, Error> {
+        self.commit(&[TxnOp::Create {
+            key: key.to_string(),
+            value: value.to_vec(),
+        }])
+    }
+
     /// Replaces `key`, if `expected` is given only when its mod revision matches
     /// ([`Error::Conflict`] otherwise). Fails with [`Error::NotFound`] if absent.
     fn update(
@@ -172,9 +178,21 @@ pub trait Datastore: Send + Sync {
         key: &str,
         value: &[u8],
         expected: Option<Revision>,
-    ) -> Result<Revision, Error>;
+    ) -> Result<Revision, Error> {
+        self.commit(&[TxnOp::Update {
+            key: key.to_string(),
+            value: value.to_vec(),
+            expected,
+        }])
+    }
+
     /// Deletes `key` (optionally only at mod revision `expected`). Returns the revision.
-    fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision, Error>;
+    fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision, Error> {
+        self.commit(&[TxnOp::Delete {
+            key: key.to_string(),
+            expected,
+        }])
+    }
     /// Applies all `ops` atomically or none of them. Returns the new revision.
     fn commit(&self, ops: &[TxnOp]) -> Result<Revision, Error>;
     /// Watches every key under `prefix`, starting with the events at revision `from`.

@@ -358,33 +358,6 @@ impl Datastore for SqliteStore {
         Ok(listing)
     }
 
-    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, Error> {
-        self.commit(&[TxnOp::Create {
-            key: key.to_string(),
-            value: value.to_vec(),
-        }])
-    }
-
-    fn update(
-        &self,
-        key: &str,
-        value: &[u8],
-        expected: Option<Revision>,
-    ) -> Result<Revision, Error> {
-        self.commit(&[TxnOp::Update {
-            key: key.to_string(),
-            value: value.to_vec(),
-            expected,
-        }])
-    }
-
-    fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision, Error> {
-        self.commit(&[TxnOp::Delete {
-            key: key.to_string(),
-            expected,
-        }])
-    }
-
     fn commit(&self, ops: &[TxnOp]) -> Result<Revision, Error> {
         check_transaction(ops)?;
         if ops.is_empty() {
