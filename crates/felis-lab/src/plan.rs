@@ -5,7 +5,8 @@
 //!                          │ 100.64.0.2/30
 //!                          │ inet0 100.64.0.1/30
 //!   ┌───────────── VPC router (<lab>.vpc): forwards only host addresses between subnets
-//!   │ br-s1 10.0.1.1/24        br-s2 10.0.2.1/24            and to the internet
+//!   │ gw-s1 10.0.1.1/24        gw-s2 10.0.2.1/24            and to the internet
+//!   │ (veths into br-s1)       (into br-s2)
 //!   │  ├─ h1 ── eth0 10.0.1.10 (<lab>.h1)   ├─ h2 ── eth0 10.0.2.10 (<lab>.h2)
 //!   │  └─ h3 ── eth0 10.0.1.11 (<lab>.h3)   ...
 //! ```
