@@ -179,3 +179,154 @@ proptest! {
         prop_assert_eq!(parse_documents(&text, None).unwrap().remove(0).to_value(), out);
     }
 }
+
+/// The real manifests the loader is fuzzed from: the 34-document fixture and the policy
+/// scenarios (every kind, every rule field).
+fn corpus() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("tests/fixtures/cluster.yaml")];
+    let scenarios = root.join("../felis-policy/tests/scenarios");
+    if let Ok(dir) = std::fs::read_dir(&scenarios) {
+        files.extend(
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml")),
+        );
+    }
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            // Without the scenario's probes document, which is not a resource.
+            std::fs::read_to_string(f)
+                .unwrap()
+                .split("\n---\n")
+                .filter(|doc| !doc.lines().any(|l| l.trim() == "kind: Scenario"))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        })
+        .collect()
+}
+
+#[test]
+fn the_fuzz_corpus_loads_unmutated() {
+    for text in corpus() {
+        parse_documents(&text, None).unwrap();
+    }
+}
+
+/// One edit of a manifest: delete, duplicate, replace or insert at a byte offset (fractions
+/// of the length, so every part of the file gets hit).
+#[derive(Debug, Clone)]
+enum Mutation {
+    Delete(f64, usize),
+    Duplicate(f64, usize),
+    Replace(f64, char),
+    Insert(f64, String),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    let at = 0.0f64..1.0;
+    prop_oneof![
+        (at.clone(), 1usize..40).prop_map(|(a, n)| Mutation::Delete(a, n)),
+        (at.clone(), 1usize..80).prop_map(|(a, n)| Mutation::Duplicate(a, n)),
+        (
+            at.clone(),
+            prop_oneof![
+                Just(':'),
+                Just('-'),
+                Just(' '),
+                Just('\n'),
+                Just('{'),
+                Just('['),
+                Just('"'),
+                Just('\''),
+                Just('#'),
+                Just('&'),
+                Just('*'),
+                Just('!'),
+                Just('|'),
+                Just('0'),
+                Just('\t'),
+                Just('é'),
+                Just('\u{0}'),
+            ]
+        )
+            .prop_map(|(a, c)| Mutation::Replace(a, c)),
+        (
+            at,
+            prop_oneof![
+                Just("---\n".to_string()),
+                Just(": ".to_string()),
+                Just("- ".to_string()),
+                Just("null".to_string()),
+                Just("~".to_string()),
+                Just("99999999999999999999".to_string()),
+                Just("-1".to_string()),
+                Just("::/0".to_string()),
+                Just("*a".to_string()),
+                Just("&a ".to_string()),
+                Just("<<: *a\n".to_string()),
+                Just("!!binary ".to_string()),
+                Just("\n    ".to_string()),
+                "\\PC{0,12}",
+            ]
+        )
+            .prop_map(|(a, s)| Mutation::Insert(a, s)),
+    ]
+}
+
+fn mutate(text: &str, mutations: &[Mutation]) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for m in mutations {
+        let at = |f: f64, len: usize| ((f * len as f64) as usize).min(len);
+        match m {
+            Mutation::Delete(f, n) => {
+                let a = at(*f, chars.len());
+                let b = (a + n).min(chars.len());
+                chars.drain(a..b);
+            }
+            Mutation::Duplicate(f, n) => {
+                let a = at(*f, chars.len());
+                let b = (a + n).min(chars.len());
+                let copy: Vec<char> = chars[a..b].to_vec();
+                chars.splice(b..b, copy);
+            }
+            Mutation::Replace(f, c) => {
+                let a = at(*f, chars.len());
+                if a < chars.len() {
+                    chars[a] = *c;
+                }
+            }
+            Mutation::Insert(f, s) => {
+                let a = at(*f, chars.len());
+                chars.splice(a..a, s.chars());
+            }
+        }
+    }
+    chars.into_iter().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Mutated real manifests: the loader returns resources or an error that says where,
+    /// never panics.
+    #[test]
+    fn mutated_manifests_load_or_fail_with_a_located_error(
+        pick in 0usize..64,
+        mutations in proptest::collection::vec(arb_mutation(), 1..4),
+    ) {
+        let corpus = corpus();
+        let text = &corpus[pick % corpus.len()];
+        let mutated = mutate(text, &mutations);
+        if let Err(e) = parse_documents(&mutated, None) {
+            let message = e.to_string();
+            prop_assert!(!message.is_empty());
+            prop_assert!(
+                message.contains("line") || message.contains("document"),
+                "error does not say where: {message}"
+            );
+        }
+    }
+}
