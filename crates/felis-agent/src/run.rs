@@ -133,9 +133,19 @@ pub enum Error {
 }
 
 enum StoreEvent {
-    Snapshot(Vec<felis_store::KeyValue>),
+    Snapshot(Vec<felis_store::KeyValue>, Revision),
     Put(felis_store::KeyValue),
-    Delete(String),
+    Delete(String, Revision),
+}
+
+impl StoreEvent {
+    /// The datastore revision this event brings the agent's view up to.
+    fn revision(&self) -> Revision {
+        match self {
+            StoreEvent::Snapshot(_, revision) | StoreEvent::Delete(_, revision) => *revision,
+            StoreEvent::Put(kv) => kv.mod_revision,
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -205,6 +215,11 @@ pub async fn run(
     let (learned_tx, mut learned_rx) = mpsc::unbounded_channel::<Update>();
     let mut status_tick = tokio::time::interval(crate::bgp::STATUS_INTERVAL);
     let mut bgp_failed = false;
+    // The datastore revision the agent has seen, and the one whose policy and routes are
+    // known to be in the kernel (written to `synced-revision` for tests and tools).
+    let mut seen_revision = 0i64;
+    let mut written_revision = 0i64;
+    let mut policy_current = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -215,9 +230,11 @@ pub async fn run(
             event = rx.recv() => {
                 let Some(event) = event else { return Err(Error::Task("store watch ended".into())) };
                 let plane = policy.get_or_insert_with(|| PolicyPlane::new(config.node_name.clone()));
+                seen_revision = seen_revision.max(event.revision().0);
                 apply_event(&mut graph, plane, &config.node_name, event);
                 // Take everything already queued before reconciling once.
                 while let Ok(event) = rx.try_recv() {
+                    seen_revision = seen_revision.max(event.revision().0);
                     apply_event(&mut graph, plane, &config.node_name, event);
                 }
             }
@@ -292,6 +309,7 @@ pub async fn run(
                 (plane, result)
             })
             .await?;
+            policy_current = result.is_ok();
             match result {
                 Ok(Some(applied)) if applied.stats.is_empty() && applied.skipped.is_empty() => {
                     // Recompiled after an irrelevant change (say, a WEP's container ID).
@@ -335,6 +353,12 @@ pub async fn run(
         match dataplane.reconcile(&desired).await {
             Ok(stats) => {
                 retry_after_error = policy_failed || bgp_failed;
+                if policy_current && policy_ready && seen_revision != written_revision {
+                    match write_state_file(&config, "synced-revision", &seen_revision.to_string()) {
+                        Ok(()) => written_revision = seen_revision,
+                        Err(e) => warn!(error = %ErrorChain(&e), "writing synced-revision failed"),
+                    }
+                }
                 if policy_ready && !ready.swap(true, Ordering::SeqCst) {
                     info!(
                         routes = desired.routes.len(),
@@ -361,7 +385,7 @@ pub async fn run(
 
 fn apply_event(graph: &mut CalcGraph, policy: &mut PolicyPlane, node: &str, event: StoreEvent) {
     match event {
-        StoreEvent::Snapshot(items) => {
+        StoreEvent::Snapshot(items, _) => {
             let (changed, errors) = policy.state.snapshot(
                 items
                     .iter()
@@ -389,7 +413,7 @@ fn apply_event(graph: &mut CalcGraph, policy: &mut PolicyPlane, node: &str, even
             }
             apply_put(graph, node, &kv);
         }
-        StoreEvent::Delete(key) => {
+        StoreEvent::Delete(key, _) => {
             if policy.state.delete(&key) {
                 policy.mark_dirty();
             }
@@ -425,7 +449,7 @@ fn watch_store(store: &dyn Datastore, tx: &mpsc::Sender<StoreEvent>) {
             }
         };
         if tx
-            .blocking_send(StoreEvent::Snapshot(listing.items))
+            .blocking_send(StoreEvent::Snapshot(listing.items, listing.revision))
             .is_err()
         {
             return;
@@ -442,7 +466,7 @@ fn watch_store(store: &dyn Datastore, tx: &mpsc::Sender<StoreEvent>) {
         loop {
             let event = match watch.next(Duration::from_secs(1)) {
                 Ok(Some(WatchEvent::Put(kv))) => StoreEvent::Put(kv),
-                Ok(Some(WatchEvent::Delete { key, .. })) => StoreEvent::Delete(key),
+                Ok(Some(WatchEvent::Delete { key, revision })) => StoreEvent::Delete(key, revision),
                 Ok(Some(WatchEvent::Compacted { .. })) => break,
                 Ok(None) => {
                     if tx.is_closed() {
