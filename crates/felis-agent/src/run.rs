@@ -146,6 +146,16 @@ impl StoreEvent {
             StoreEvent::Put(kv) => kv.mod_revision,
         }
     }
+
+    /// Whether the event may change a FelixConfiguration (a snapshot may change anything).
+    fn touches_felix_configuration(&self) -> bool {
+        const KEYS: &str = "/projectcalico.org/felixconfigurations/";
+        match self {
+            StoreEvent::Snapshot(..) => true,
+            StoreEvent::Put(kv) => kv.key.contains(KEYS),
+            StoreEvent::Delete(key, _) => key.contains(KEYS),
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -186,10 +196,15 @@ pub async fn run(
 
     let store = config.store.clone();
     let node_name = config.node_name.clone();
-    let mode = blocking(move || aws_src_dst_mode(store.as_ref(), &node_name)).await?;
-    if mode != felis_aws::srcdst::SrcDstMode::DoNothing {
+    let mut aws_mode = blocking(move || aws_src_dst_mode(store.as_ref(), &node_name)).await?;
+    // Re-applied (the previous attempt abandoned) whenever a FelixConfiguration changes it.
+    let mut aws_task = None;
+    if aws_mode != felis_aws::srcdst::SrcDstMode::DoNothing {
         aws_ready.store(false, Ordering::SeqCst);
-        tokio::spawn(apply_src_dst_check(mode, aws_ready.clone()));
+        aws_task = Some(tokio::spawn(apply_src_dst_check(
+            aws_mode,
+            aws_ready.clone(),
+        )));
     }
 
     let (tx, mut rx) = mpsc::channel::<StoreEvent>(1024);
@@ -231,11 +246,29 @@ pub async fn run(
                 let Some(event) = event else { return Err(Error::Task("store watch ended".into())) };
                 let plane = policy.get_or_insert_with(|| PolicyPlane::new(config.node_name.clone()));
                 seen_revision = seen_revision.max(event.revision().0);
+                let mut felix_config_changed = event.touches_felix_configuration();
                 apply_event(&mut graph, plane, &config.node_name, event);
                 // Take everything already queued before reconciling once.
                 while let Ok(event) = rx.try_recv() {
                     seen_revision = seen_revision.max(event.revision().0);
+                    felix_config_changed |= event.touches_felix_configuration();
                     apply_event(&mut graph, plane, &config.node_name, event);
+                }
+                if felix_config_changed {
+                    let (store, node_name) = (config.store.clone(), config.node_name.clone());
+                    let mode = blocking(move || aws_src_dst_mode(store.as_ref(), &node_name)).await?;
+                    if mode != aws_mode {
+                        info!(from = %aws_mode, to = %mode, "awsSrcDstCheck changed");
+                        if let Some(task) = aws_task.take() {
+                            task.abort();
+                        }
+                        aws_mode = mode;
+                        let wanted = mode != felis_aws::srcdst::SrcDstMode::DoNothing;
+                        aws_ready.store(!wanted, Ordering::SeqCst);
+                        if wanted {
+                            aws_task = Some(tokio::spawn(apply_src_dst_check(mode, aws_ready.clone())));
+                        }
+                    }
                 }
             }
             _ = resync.tick() => {

@@ -108,6 +108,7 @@ pub(crate) fn spawn_agent(
         .arg(dir.join(&host.name))
         .args(["--health-address", HEALTH_ADDRESS])
         .env("FELIS_DATASTORE", &state.datastore)
+        .envs(crate::aws::agent_env(host))
         .env(
             "FELIS_LOG",
             std::env::var("FELIS_LOG").unwrap_or_else(|_| "info".into()),
@@ -123,6 +124,62 @@ pub(crate) fn spawn_agent(
             source,
         })?;
     Ok(())
+}
+
+/// Starts the lab's AWS emulator in the router's namespace (logs in `aws.log`), and waits until
+/// it listens.
+pub(crate) fn spawn_aws_emulator(state: &State, felis_binary: &Path) -> Result<(), Error> {
+    let dir = state_dir(&state.plan.spec.name);
+    let log_path = dir.join("aws.log");
+    let log_error = |e: std::io::Error| Error::State {
+        path: log_path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(log_error)?;
+    let err_log = log.try_clone().map_err(log_error)?;
+    Command::new("ip")
+        .args(["netns", "exec", &state.plan.router_netns])
+        .arg(felis_binary)
+        .args(["lab", "aws-emulator", "--name", &state.plan.spec.name])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: "felis lab aws-emulator".into(),
+            source,
+        })?;
+    let Some(host) = state.plan.hosts.first() else {
+        return Ok(());
+    };
+    let netns = felis_netlink::Netns::open(Path::new("/run/netns").join(&host.netns))
+        .map_err(|e| Error::Invalid(format!("opening {}: {e}", host.netns)))?;
+    let endpoint = crate::aws::endpoint(host);
+    #[allow(clippy::disallowed_methods)] // waiting on a real process needs the real clock
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let up = netns
+            .run(move || {
+                std::net::TcpStream::connect_timeout(&endpoint, Duration::from_millis(200)).is_ok()
+            })
+            .unwrap_or(false);
+        if up {
+            return Ok(());
+        }
+        #[allow(clippy::disallowed_methods)]
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(format!(
+                "the lab's AWS emulator did not listen on {endpoint} within 10s: see {}",
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until the agent of `host` answers ready.

@@ -7,6 +7,7 @@
 //! also after a crash.
 
 mod agents;
+pub mod aws;
 pub mod bench;
 pub mod plan;
 mod sh;
@@ -184,6 +185,7 @@ pub fn create(spec: LabSpec) -> Result<State, Error> {
 /// Writes the lab's pool and starts an agent on every host (`felis_binary node run`), waiting
 /// until all are ready.
 pub fn start_agents(state: &State, felis_binary: &std::path::Path) -> Result<(), Error> {
+    agents::spawn_aws_emulator(state, felis_binary)?;
     agents::apply_pool(state, felis_binary)?;
     agents::start(state, felis_binary, std::time::Duration::from_secs(30))
 }

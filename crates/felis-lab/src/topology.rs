@@ -39,7 +39,10 @@ pub(crate) fn build(plan: &Plan) -> Result<(), Error> {
         // itself: a bridge device has no encapsulation offloads, so routing VXLAN/IPIP
         // packets out of it would segment every GSO packet in software (4x slower), which a
         // real VPC fabric never costs the hosts.
-        let (gw, gw_port) = (format!("gw-{}", subnet.name), format!("gw-{}-br", subnet.name));
+        let (gw, gw_port) = (
+            format!("gw-{}", subnet.name),
+            format!("gw-{}-br", subnet.name),
+        );
         ip_in(
             router,
             &["link", "add", &gw, "type", "veth", "peer", "name", &gw_port],

@@ -407,6 +407,13 @@ enum LabCommand {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Serve the lab's AWS (IMDSv2 and EC2 source/destination-check calls); `lab up` runs it
+    /// in the VPC router's namespace.
+    #[command(hide = true)]
+    AwsEmulator {
+        #[command(flatten)]
+        name: LabName,
+    },
     /// Remove everything the lab made.
     Down {
         #[command(flatten)]
@@ -1119,6 +1126,10 @@ fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::SrcDstCheck { name, host, state } => {
             felis_lab::set_src_dst_check(&name.name, &host, state == "on")?;
             println!("source/destination check of {host} is {state}");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::AwsEmulator { name } => {
+            felis_lab::aws::serve(&name.name)?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down { name } => {

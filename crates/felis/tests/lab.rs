@@ -4,80 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod common;
+
 use std::process::Command;
-use std::process::Output;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    /// `felis lab up --name <unique> ARGS`, or `None` when not root.
-    fn up(args: &[&str]) -> Option<Lab> {
-        if !is_root() {
-            eprintln!("skipped: needs root to make network namespaces");
-            return None;
-        }
-        let name = format!(
-            "l{}x{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = Lab { name };
-        let out = lab.felis(&[&["lab", "up", "--name", &lab.name], args].concat());
-        assert!(
-            out.status.success(),
-            "lab up: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        Some(lab)
-    }
-
-    fn felis(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_felis"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn check(&self) -> serde_json::Value {
-        let out = self.felis(&["lab", "check", "--name", &self.name, "-o", "json"]);
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn ip(&self, host: &str, args: &str) -> String {
-        let netns = format!("{}.{host}", self.name);
-        let out = Command::new("ip")
-            .args(["-n", &netns])
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        text(&out.stdout)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.felis(&["lab", "down", "--name", &self.name]);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::Lab;
+use common::text;
 
 /// Hosts h1, h3 are in subnet 1 and h2 in subnet 2 (round-robin).
 fn subnet_of(workload: &str) -> u8 {
@@ -89,7 +21,7 @@ fn subnet_of(workload: &str) -> u8 {
 
 #[test]
 fn vxlan_cross_subnet_lab_connects_every_workload_pair_and_the_internet() {
-    let Some(lab) = Lab::up(&["--hosts", "3", "--subnets", "2", "--workloads", "2"]) else {
+    let Some(lab) = Lab::up("l", &["--hosts", "3", "--subnets", "2", "--workloads", "2"]) else {
         return;
     };
     let report = lab.check();
@@ -135,7 +67,7 @@ fn vxlan_cross_subnet_lab_connects_every_workload_pair_and_the_internet() {
 
 #[test]
 fn without_encapsulation_only_same_subnet_pairs_connect_as_on_aws() {
-    let Some(lab) = Lab::up(&["--pool-mode", "none"]) else {
+    let Some(lab) = Lab::up("l", &["--pool-mode", "none"]) else {
         return;
     };
     let report = lab.check();
@@ -151,18 +83,21 @@ fn without_encapsulation_only_same_subnet_pairs_connect_as_on_aws() {
 
 #[test]
 fn source_destination_checks_block_unencapsulated_pods_until_disabled() {
-    let Some(lab) = Lab::up(&[
-        "--hosts",
-        "2",
-        "--subnets",
-        "1",
-        "--workloads",
-        "1",
-        "--pool-mode",
-        "none",
-        "--src-dst-check",
-        "on",
-    ]) else {
+    let Some(lab) = Lab::up(
+        "l",
+        &[
+            "--hosts",
+            "2",
+            "--subnets",
+            "1",
+            "--workloads",
+            "1",
+            "--pool-mode",
+            "none",
+            "--src-dst-check",
+            "on",
+        ],
+    ) else {
         return;
     };
     let report = lab.check();
@@ -217,7 +152,7 @@ fn lab_commands_name_their_lab_and_fail_clearly() {
 
 #[test]
 fn lab_exec_runs_in_a_workload() {
-    let Some(lab) = Lab::up(&["--hosts", "1", "--subnets", "1", "--workloads", "1"]) else {
+    let Some(lab) = Lab::up("l", &["--hosts", "1", "--subnets", "1", "--workloads", "1"]) else {
         return;
     };
     let out = lab.felis(&[
@@ -239,7 +174,7 @@ fn lab_exec_runs_in_a_workload() {
 
 #[test]
 fn an_agent_killed_and_restarted_under_traffic_keeps_flows_and_recreates_nothing() {
-    let Some(lab) = Lab::up(&["--hosts", "3", "--subnets", "2", "--workloads", "1"]) else {
+    let Some(lab) = Lab::up("l", &["--hosts", "3", "--subnets", "2", "--workloads", "1"]) else {
         return;
     };
     let ps: serde_json::Value = serde_json::from_slice(
@@ -316,7 +251,7 @@ fn an_agent_killed_and_restarted_under_traffic_keeps_flows_and_recreates_nothing
 
 #[test]
 fn hosts_form_a_bgp_full_mesh_and_node_status_shows_it() {
-    let Some(lab) = Lab::up(&["--hosts", "3", "--subnets", "2", "--workloads", "0"]) else {
+    let Some(lab) = Lab::up("l", &["--hosts", "3", "--subnets", "2", "--workloads", "0"]) else {
         return;
     };
     let status = |host: &str| -> serde_json::Value {
@@ -391,4 +326,72 @@ fn hosts_form_a_bgp_full_mesh_and_node_status_shows_it() {
         "{text}"
     );
     assert!(text.contains("No IPv6 peers found."), "{text}");
+}
+
+/// The lab's AWS (IMDSv2 + EC2 on the VPC router) is what an agent with `awsSrcDstCheck`
+/// talks to: Disable turns the emulated checks off through ModifyNetworkInterfaceAttribute, so
+/// pods reach each other unencapsulated; Enable turns them back on. Live, without restarts.
+#[test]
+fn agents_set_the_labs_source_destination_checks_through_its_ec2_api() {
+    let Some(lab) = Lab::up(
+        "l",
+        &[
+            "--hosts",
+            "2",
+            "--subnets",
+            "1",
+            "--workloads",
+            "1",
+            "--pool-mode",
+            "none",
+            "--src-dst-check",
+            "on",
+        ],
+    ) else {
+        return;
+    };
+    let failed_until = |want: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let check = lab.check();
+            if check["failed"] == want {
+                return check;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected {want} failures: {check:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    // On: the two pod-to-pod probes fail (foreign source addresses), the internet works.
+    let check = failed_until(2);
+    for probe in check["probes"].as_array().unwrap() {
+        let to_internet = probe["to"] == "internet";
+        assert_eq!(probe["ok"], to_internet, "{probe}");
+    }
+    let config = |mode: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\nspec: {{awsSrcDstCheck: {mode}}}\n"
+        )
+    };
+    lab.apply(&config("Disable"));
+    failed_until(0);
+    let log = std::fs::read_to_string(format!("/run/felis/lab/{}/aws.log", lab.name)).unwrap();
+    for host in ["h1", "h2"] {
+        let line = format!(
+            "ModifyNetworkInterfaceAttribute eni-{}-{host} SourceDestCheck=false",
+            lab.name
+        );
+        assert!(log.contains(&line), "{line} not in aws.log:\n{log}");
+        assert!(
+            lab.log(host).contains(&format!(
+                "source/destination check disabled on eni-{}-{host}",
+                lab.name
+            )),
+            "{host}'s agent did not report it"
+        );
+    }
+    lab.apply(&config("Enable"));
+    failed_until(2);
 }

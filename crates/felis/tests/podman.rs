@@ -6,28 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::process::Stdio;
 
-struct Lab(String);
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_felis"))
-            .args(["lab", "down", "--name", &self.0])
-            .output();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
+use common::Lab;
+use common::is_root;
 
 fn felis(args: &[&str], datastore: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_felis"))
@@ -65,28 +52,10 @@ fn podman_runs_a_container_on_the_felis_cni_plugin() {
         "busybox-static is needed (scripts/test installs it)"
     );
 
-    let name = format!("pm{}", std::process::id() % 100_000);
-    let out = Command::new(env!("CARGO_BIN_EXE_felis"))
-        .args([
-            "lab",
-            "up",
-            "--name",
-            &name,
-            "--hosts",
-            "1",
-            "--subnets",
-            "1",
-            "--workloads",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    let _lab = Lab(name.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let Some(lab) = Lab::up("m", &["--hosts", "1", "--subnets", "1", "--workloads", "1"]) else {
+        return;
+    };
+    let name = lab.name.clone();
     let datastore = format!("file:///run/felis/lab/{name}/felis.db");
     let ps: serde_json::Value = serde_json::from_str(&felis(
         &["lab", "ps", "--name", &name, "-o", "json"],

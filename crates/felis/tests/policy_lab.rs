@@ -5,16 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::io::Write as _;
-use std::process::Command;
-use std::process::Output;
-use std::process::Stdio;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
+mod common;
+
 use std::time::Duration;
 use std::time::Instant;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+use common::Lab;
+use common::text;
 
 const WORKLOADS: [&str; 4] = ["h1-w1", "h1-w2", "h2-w1", "h2-w2"];
 
@@ -33,95 +30,14 @@ spec:
       selector: role == 'web'
 "#;
 
-struct Lab {
-    name: String,
-    datastore: String,
-    dir: tempfile::TempDir,
+/// What these tests add to the shared lab guard.
+trait PolicyLab {
+    fn trace(&self, from: &str, to: &str) -> String;
+    fn until(&self, from: &str, address: &str, allowed: bool, since: Instant) -> Duration;
+    fn programmed_after(&self, host: &str, after: f64, needle: &str) -> Option<(f64, String)>;
 }
 
-impl Lab {
-    /// `felis lab up --name <unique> ARGS`, or `None` when not root.
-    fn up(args: &[&str]) -> Option<Lab> {
-        if !is_root() {
-            eprintln!("skipped: needs root to make network namespaces");
-            return None;
-        }
-        let name = format!(
-            "p{}x{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = Lab {
-            datastore: format!("file:///run/felis/lab/{name}/felis.db"),
-            name,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let out = lab.felis(&[&["lab", "up", "--name", &lab.name], args].concat());
-        assert!(
-            out.status.success(),
-            "lab up: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        Some(lab)
-    }
-
-    fn felis(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_felis"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// A CLI command against the lab's datastore; it must succeed.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = self.felis(&[&["--datastore", &self.datastore], args].concat());
-        assert!(
-            out.status.success(),
-            "felis {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn check(&self) -> serde_json::Value {
-        let out = self.felis(&["lab", "check", "--name", &self.name, "-o", "json"]);
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn addresses(&self) -> std::collections::BTreeMap<String, String> {
-        let ps: serde_json::Value = serde_json::from_slice(
-            &self
-                .felis(&["lab", "ps", "--name", &self.name, "-o", "json"])
-                .stdout,
-        )
-        .unwrap();
-        ps["workloads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    w["name"].as_str().unwrap().to_string(),
-                    w["address"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// One echo request from workload `from` to `address`, answered within `wait`.
-    fn ping(&self, from: &str, address: &str, wait: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &format!("{}.{from}", self.name)])
-            .args(["ping", "-n", "-q", "-c", "1", "-W", wait, address])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
+impl PolicyLab for Lab {
     /// `felis policy trace` of an echo request: "allow" or "deny".
     fn trace(&self, from: &str, to: &str) -> String {
         let out = self.cli(&[
@@ -144,17 +60,6 @@ impl Lab {
         report["verdict"].as_str().unwrap().to_string()
     }
 
-    /// Applies `yaml` with `felis apply -f`; returns when the command has returned.
-    fn apply(&self, yaml: &str) -> Instant {
-        let path = self.dir.path().join("policy.yaml");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        self.cli(&["apply", "-f", path.to_str().unwrap()]);
-        Instant::now()
-    }
-
     /// Polls `from` → `address` until the verdict is `allowed`; the time from `since` to the
     /// start of the first probe that saw it.
     fn until(&self, from: &str, address: &str, allowed: bool, since: Instant) -> Duration {
@@ -171,12 +76,6 @@ impl Lab {
                 if allowed { "allowed" } else { "denied" }
             );
         }
-    }
-
-    fn log(&self, host: &str) -> String {
-        let log = std::fs::read_to_string(format!("/run/felis/lab/{}/{host}.log", self.name))
-            .unwrap_or_default();
-        strip_colours(&log)
     }
 
     /// The first `policy programmed` line of `host`'s agent logged after `after` (seconds of
@@ -217,42 +116,6 @@ fn time_of_day(line: &str) -> Option<f64> {
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
-/// Removes ANSI colour sequences (`ESC [ ... m`).
-fn strip_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.felis(&["lab", "down", "--name", &self.name]);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn wep_name(workload: &str) -> String {
     let host = &workload[..2];
     felis_api::endpoint::workload_endpoint_name(host, "k8s", workload, "eth0")
@@ -286,7 +149,7 @@ fn assert_pairs(
 
 #[test]
 fn policies_are_enforced_on_every_host_as_traced_and_lifted_on_delete() {
-    let Some(lab) = Lab::up(&["--hosts", "2", "--subnets", "1", "--workloads", "2"]) else {
+    let Some(lab) = Lab::up("p", &["--hosts", "2", "--subnets", "1", "--workloads", "2"]) else {
         return;
     };
     // No policy: the namespace profile allows everything, right after `lab up`.
@@ -389,7 +252,7 @@ fn policies_are_enforced_on_every_host_as_traced_and_lifted_on_delete() {
 
 #[test]
 fn a_global_default_deny_isolates_every_workload_but_not_its_egress() {
-    let Some(lab) = Lab::up(&["--hosts", "2", "--subnets", "1", "--workloads", "1"]) else {
+    let Some(lab) = Lab::up("p", &["--hosts", "2", "--subnets", "1", "--workloads", "1"]) else {
         return;
     };
     let addresses = lab.addresses();
@@ -422,7 +285,7 @@ spec:
 
 #[test]
 fn an_egress_policy_limits_its_workload_to_one_peer_on_another_host() {
-    let Some(lab) = Lab::up(&["--hosts", "2", "--subnets", "1", "--workloads", "2"]) else {
+    let Some(lab) = Lab::up("p", &["--hosts", "2", "--subnets", "1", "--workloads", "2"]) else {
         return;
     };
     let addresses = lab.addresses();

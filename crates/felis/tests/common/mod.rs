@@ -83,14 +83,13 @@ impl Lab {
         format!("{}.{what}", self.name)
     }
 
-    /// `ip ARGS` inside a lab host or workload; must succeed.
+    /// The output of `ip ARGS` inside a lab host or workload (empty when it fails).
     pub(crate) fn ip(&self, what: &str, args: &str) -> String {
         let out = Command::new("ip")
             .args(["-n", &self.netns(what)])
             .args(args.split_whitespace())
             .output()
             .unwrap();
-        assert!(out.status.success(), "ip {args}: {}", text(&out.stderr));
         text(&out.stdout)
     }
 
