@@ -1,6 +1,6 @@
-//! The lab's AWS: instance metadata (IMDSv2) and the three EC2 Query API calls an agent makes
-//! about its source/destination check, served from the VPC router so every host reaches it at
-//! its gateway. Each lab host is an instance (`i-<lab>-<host>`) with one network interface
+//! The lab's AWS: instance metadata (IMDSv2) and the EC2 Query API calls that an agent makes
+//! about its source/destination check and `felis aws check` makes about the cluster, served from
+//! the VPC router so that every host reaches it at its gateway. Each lab host is an instance (`i-<lab>-<host>`) with one network interface
 //! (`eni-<lab>-<host>`, device index 0); `ModifyNetworkInterfaceAttribute` with
 //! `SourceDestCheck.Value` turns the host's emulated check on or off, exactly as
 //! `felis lab src-dst-check` does. So an agent configured with `awsSrcDstCheck: Disable` runs its
@@ -315,12 +315,128 @@ fn ec2(state: &State, params: &BTreeMap<String, String>) -> (u16, &'static str, 
                 ),
             )
         }
+        Some("DescribeNetworkInterfaces") => {
+            let ids = numbered(params, "NetworkInterfaceId.");
+            let addresses = filter_values(params, "addresses.private-ip-address");
+            let items: String = state
+                .plan
+                .hosts
+                .iter()
+                .filter(|h| ids.is_empty() || ids.contains(&interface_id(lab, &h.name)))
+                .filter(|h| addresses.is_empty() || addresses.contains(&h.address.to_string()))
+                .map(|h| interface_xml(state, h))
+                .collect();
+            (
+                200,
+                "text/xml",
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeNetworkInterfacesResponse xmlns=\"{XMLNS}\"><requestId>felis-lab</requestId><networkInterfaceSet>{items}</networkInterfaceSet></DescribeNetworkInterfacesResponse>"
+                ),
+            )
+        }
+        Some("DescribeSubnets") => {
+            let ids = numbered(params, "SubnetId.");
+            let items: String = state
+                .plan
+                .subnets
+                .iter()
+                .filter(|s| ids.is_empty() || ids.contains(&subnet_id(lab, &s.name)))
+                .map(|s| {
+                    format!(
+                        "<item><subnetId>{}</subnetId><vpcId>vpc-{lab}</vpcId><cidrBlock>{}</cidrBlock><availabilityZone>{REGION}a</availabilityZone></item>",
+                        subnet_id(lab, &s.name),
+                        s.cidr()
+                    )
+                })
+                .collect();
+            (
+                200,
+                "text/xml",
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeSubnetsResponse xmlns=\"{XMLNS}\"><requestId>felis-lab</requestId><subnetSet>{items}</subnetSet></DescribeSubnetsResponse>"
+                ),
+            )
+        }
+        Some("DescribeSecurityGroups") => {
+            // One group on every host: all traffic from inside the VPC, anything out (the
+            // lab's router filters addresses, not ports).
+            let group = group_id(lab);
+            let ids = numbered(params, "GroupId.");
+            let items = if ids.is_empty() || ids.contains(&group) {
+                format!(
+                    "<item><groupId>{group}</groupId><groupName>felis-lab-nodes</groupName><vpcId>vpc-{lab}</vpcId><ipPermissions><item><ipProtocol>-1</ipProtocol><ipRanges><item><cidrIp>{VPC_CIDR}</cidrIp></item></ipRanges></item></ipPermissions><ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges></item></ipPermissionsEgress></item>"
+                )
+            } else {
+                String::new()
+            };
+            (
+                200,
+                "text/xml",
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeSecurityGroupsResponse xmlns=\"{XMLNS}\"><requestId>felis-lab</requestId><securityGroupInfo>{items}</securityGroupInfo></DescribeSecurityGroupsResponse>"
+                ),
+            )
+        }
         Some(other) => ec2_error(
             "InvalidAction",
             &format!("The lab's AWS does not emulate {other}"),
         ),
         None => ec2_error("MissingAction", "no Action"),
     }
+}
+
+/// The VPC's address range (every subnet is a /24 in it).
+const VPC_CIDR: &str = "10.0.0.0/16";
+
+fn subnet_id(lab: &str, subnet: &str) -> String {
+    format!("subnet-{lab}-{subnet}")
+}
+
+fn group_id(lab: &str) -> String {
+    format!("sg-{lab}-nodes")
+}
+
+/// The values of `Name.1`, `Name.2`, ...
+fn numbered(params: &BTreeMap<String, String>, prefix: &str) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix(prefix)
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The values of the `Filter.N` whose `Filter.N.Name` is `name`.
+fn filter_values(params: &BTreeMap<String, String>, name: &str) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(k, v)| k.starts_with("Filter.") && k.ends_with(".Name") && v.as_str() == name)
+        .flat_map(|(k, _)| {
+            let prefix = format!("{}.Value.", k.trim_end_matches(".Name"));
+            numbered(params, &prefix)
+        })
+        .collect()
+}
+
+fn interface_xml(state: &State, host: &Host) -> String {
+    let lab = state.plan.spec.name.as_str();
+    let check = state
+        .src_dst_checks
+        .get(&host.name)
+        .copied()
+        .unwrap_or(false);
+    let subnet = subnet_id(lab, &host.subnet);
+    let (id, eni, ip, group) = (
+        instance_id(lab, &host.name),
+        interface_id(lab, &host.name),
+        host.address,
+        group_id(lab),
+    );
+    format!(
+        "<item><networkInterfaceId>{eni}</networkInterfaceId><subnetId>{subnet}</subnetId><vpcId>vpc-{lab}</vpcId><privateIpAddress>{ip}</privateIpAddress><sourceDestCheck>{check}</sourceDestCheck><groupSet><item><groupId>{group}</groupId><groupName>felis-lab-nodes</groupName></item></groupSet><attachment><deviceIndex>0</deviceIndex><instanceId>{id}</instanceId><status>attached</status></attachment><privateIpAddressesSet><item><privateIpAddress>{ip}</privateIpAddress><primary>true</primary></item></privateIpAddressesSet></item>"
+    )
 }
 
 fn instance_xml(state: &State, host: &Host) -> String {
@@ -330,15 +446,12 @@ fn instance_xml(state: &State, host: &Host) -> String {
         .get(&host.name)
         .copied()
         .unwrap_or(false);
-    let subnet = format!("subnet-{lab}-{}", host.subnet);
-    let vpc = format!("vpc-{lab}");
-    let (id, eni, ip) = (
-        instance_id(lab, &host.name),
-        interface_id(lab, &host.name),
-        host.address,
-    );
     format!(
-        "<item><instanceId>{id}</instanceId><privateIpAddress>{ip}</privateIpAddress><subnetId>{subnet}</subnetId><vpcId>{vpc}</vpcId><sourceDestCheck>{check}</sourceDestCheck><networkInterfaceSet><item><networkInterfaceId>{eni}</networkInterfaceId><subnetId>{subnet}</subnetId><vpcId>{vpc}</vpcId><privateIpAddress>{ip}</privateIpAddress><sourceDestCheck>{check}</sourceDestCheck><attachment><deviceIndex>0</deviceIndex><instanceId>{id}</instanceId><status>attached</status></attachment><privateIpAddressesSet><item><privateIpAddress>{ip}</privateIpAddress><primary>true</primary></item></privateIpAddressesSet></item></networkInterfaceSet></item>"
+        "<item><instanceId>{}</instanceId><privateIpAddress>{}</privateIpAddress><subnetId>{}</subnetId><vpcId>vpc-{lab}</vpcId><sourceDestCheck>{check}</sourceDestCheck><networkInterfaceSet>{}</networkInterfaceSet></item>",
+        instance_id(lab, &host.name),
+        host.address,
+        subnet_id(lab, &host.subnet),
+        interface_xml(state, host)
     )
 }
 

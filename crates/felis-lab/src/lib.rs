@@ -436,9 +436,17 @@ pub fn exec(state: &State, target: &str, command: &[String]) -> Result<i32, Erro
         lab: state.plan.spec.name.clone(),
         target: target.to_string(),
     })?;
+    // On a host, the lab's AWS answers as the instance's metadata and EC2 endpoint, as the
+    // agent's environment has it (so `felis aws check` works there), and the CLI finds the
+    // lab's datastore.
+    let host = state.plan.hosts.iter().find(|h| h.name == target);
+    let envs = host.map(aws::agent_env).unwrap_or_default();
+    let datastore = host.map(|_| ("FELIS_DATASTORE", state.datastore.clone()));
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", netns])
         .args(command)
+        .envs(envs)
+        .envs(datastore)
         .status()
         .map_err(|source| Error::Spawn {
             command: "ip netns exec".into(),

@@ -370,6 +370,33 @@ fn agents_set_the_labs_source_destination_checks_through_its_ec2_api() {
         let to_internet = probe["to"] == "internet";
         assert_eq!(probe["ok"], to_internet, "{probe}");
     }
+    // `felis aws check` on a host, against the lab's EC2: the checks block the cluster.
+    let aws_check = || {
+        let felis = env!("CARGO_BIN_EXE_felis");
+        let out = lab.felis(&[
+            "lab",
+            "exec",
+            "--name",
+            &lab.name,
+            "h1",
+            "--",
+            felis,
+            "aws",
+            "check",
+            "--nodename",
+            "h1",
+            "-o",
+            "json",
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("aws check: {e}: {}{}", text(&out.stdout), text(&out.stderr))
+        });
+        (out.status.code(), report)
+    };
+    let (code, report) = aws_check();
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["source_dest_check"], true, "{report:#}");
+    assert_eq!(report["peers"][0]["same_subnet"], true, "{report:#}");
     let config = |mode: &str| {
         format!(
             "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\nspec: {{awsSrcDstCheck: {mode}}}\n"
@@ -384,6 +411,8 @@ fn agents_set_the_labs_source_destination_checks_through_its_ec2_api() {
             lab.name
         );
         assert!(log.contains(&line), "{line} not in aws.log:\n{log}");
+        let (code, report) = aws_check();
+        assert_eq!(code, Some(0), "{report:#}");
         assert!(
             lab.log(host).contains(&format!(
                 "source/destination check disabled on eni-{}-{host}",
