@@ -276,6 +276,44 @@ pub(crate) fn wait_policy_programmed(state: &State, timeout: Duration) -> Result
     Ok(())
 }
 
+/// Waits until every host routes every workload's address: with a route of its own (local
+/// `cali*`, or toward the workload's host, direct or encapsulated), not merely the default
+/// route or its own block's blackhole. Routes to remote blocks follow BGP (or IPAM) a moment
+/// after the agents are ready; `lab up` returns once the cluster has converged.
+pub(crate) fn wait_routes(state: &State, timeout: Duration) -> Result<(), Error> {
+    #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
+    let deadline = Instant::now() + timeout;
+    for host in &state.plan.hosts {
+        for (workload, address) in &state.addresses {
+            let address = address.to_string();
+            loop {
+                let routes =
+                    crate::sh::ip_in(&host.netns, &["-o", "route", "show", "match", &address])
+                        .unwrap_or_default();
+                let routed = routes.lines().any(|l| {
+                    let first = l.split_whitespace().next().unwrap_or_default();
+                    !matches!(first, "default" | "blackhole" | "unreachable" | "prohibit")
+                        && !l.contains(" proto kernel ")
+                });
+                if routed {
+                    break;
+                }
+                #[allow(clippy::disallowed_methods)]
+                if Instant::now() > deadline {
+                    return Err(Error::Invalid(format!(
+                        "{} has no route to {workload} ({address}) after {}s: the agents did not converge (see {}.log)",
+                        host.name,
+                        timeout.as_secs(),
+                        host.name
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Asks an agent's `/readiness` from inside its host's namespace.
 pub(crate) fn is_ready(netns: &str) -> bool {
     let Ok(ns) = felis_netlink::Netns::open(Path::new("/run/netns").join(netns)) else {

@@ -7,8 +7,13 @@
 //!  host  h1 -> h3        same subnet, the baseline for routed pods
 //!  pod   h1-w1 -> h3-w1  same subnet: routed, unencapsulated
 //!  host  h1 -> h2        across subnets (through the VPC router), the baseline for VXLAN
-//!  pod   h1-w1 -> h2-w1  across subnets: VXLAN
+//!  pod   h1-w1 -> h2-w1  across subnets: VXLAN (or IPIP, in an IPIP lab)
 //! ```
+//!
+//! In an IPIP lab (`--pool-mode ipip-cross-subnet`) one run gives IPIP against routed pods
+//! and hosts: `ipip_vs_routed` is the IPIP pod/host ratio across subnets over the routed
+//! pod/host ratio in one subnet, each path against its own host baseline. With `--pool-mode
+//! ipip` the same-subnet pods are IPIP too, so there is no routed figure.
 //!
 //! And the time from a CNI ADD on one host until the new workload answers a workload on
 //! another host.
@@ -24,6 +29,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::Error;
+use crate::PoolMode;
 use crate::State;
 
 /// One measured path.
@@ -54,6 +60,18 @@ pub struct BenchReport {
     pub routed_rtt_ratio: Option<f64>,
     /// VXLAN pod RTT ÷ host RTT, across subnets.
     pub vxlan_rtt_ratio: Option<f64>,
+    /// IPIP pod throughput ÷ host throughput, across subnets (IPIP labs).
+    #[serde(default)]
+    pub ipip_ratio: Option<f64>,
+    /// IPIP pod RTT ÷ host RTT, across subnets.
+    #[serde(default)]
+    pub ipip_rtt_ratio: Option<f64>,
+    /// `ipip_ratio ÷ routed_ratio`: the share of routed pods' throughput IPIP keeps.
+    #[serde(default)]
+    pub ipip_vs_routed: Option<f64>,
+    /// `ipip_rtt_ratio ÷ routed_rtt_ratio` (lower is better).
+    #[serde(default)]
+    pub ipip_vs_routed_rtt: Option<f64>,
     /// CNI ADD → reachable from a workload on another host: p50, milliseconds.
     pub add_to_reachable_p50_ms: Option<f64>,
     /// The same, p99.
@@ -105,15 +123,29 @@ pub fn run(
     if !same_subnet("h1", "h3") || same_subnet("h1", "h2") {
         return Err(needs());
     }
+    let mode = state.plan.spec.pool_mode;
+    let ipip = matches!(mode, PoolMode::Ipip | PoolMode::IpipCrossSubnet);
     let pairs = [
         ("host", host("h1")?, host("h3")?, "same subnet"),
-        ("pod", pod("h1-w1")?, pod("h3-w1")?, "same subnet, routed"),
+        (
+            "pod",
+            pod("h1-w1")?,
+            pod("h3-w1")?,
+            match mode {
+                PoolMode::Ipip => "same subnet, IPIP",
+                _ => "same subnet, routed",
+            },
+        ),
         ("host", host("h1")?, host("h2")?, "across subnets"),
         (
             "pod",
             pod("h1-w1")?,
             pod("h2-w1")?,
-            "across subnets, encapsulated",
+            if ipip {
+                "across subnets, IPIP"
+            } else {
+                "across subnets, encapsulated"
+            },
         ),
     ];
     let mut throughput: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
@@ -136,11 +168,28 @@ pub fn run(
         })
         .collect();
     let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    // With `ipipMode: Always` the same-subnet pods are IPIP too: no routed figure.
+    let routed = mode != PoolMode::Ipip;
+    let routed_ratio = ratio(paths[1].throughput_bps, paths[0].throughput_bps).filter(|_| routed);
+    let routed_rtt_ratio = ratio(paths[1].rtt_ms, paths[0].rtt_ms).filter(|_| routed);
+    let encapsulated = ratio(paths[3].throughput_bps, paths[2].throughput_bps);
+    let encapsulated_rtt = ratio(paths[3].rtt_ms, paths[2].rtt_ms);
+    let (ipip_ratio, ipip_rtt_ratio) = if ipip {
+        (encapsulated, encapsulated_rtt)
+    } else {
+        (None, None)
+    };
     let mut report = BenchReport {
-        routed_ratio: ratio(paths[1].throughput_bps, paths[0].throughput_bps),
-        vxlan_ratio: ratio(paths[3].throughput_bps, paths[2].throughput_bps),
-        routed_rtt_ratio: ratio(paths[1].rtt_ms, paths[0].rtt_ms),
-        vxlan_rtt_ratio: ratio(paths[3].rtt_ms, paths[2].rtt_ms),
+        routed_ratio,
+        vxlan_ratio: encapsulated.filter(|_| !ipip),
+        routed_rtt_ratio,
+        vxlan_rtt_ratio: encapsulated_rtt.filter(|_| !ipip),
+        ipip_vs_routed: ipip_ratio.zip(routed_ratio).and_then(|(i, r)| ratio(i, r)),
+        ipip_vs_routed_rtt: ipip_rtt_ratio
+            .zip(routed_rtt_ratio)
+            .and_then(|(i, r)| ratio(i, r)),
+        ipip_ratio,
+        ipip_rtt_ratio,
         paths,
         add_to_reachable_p50_ms: None,
         add_to_reachable_p99_ms: None,
@@ -155,6 +204,37 @@ pub fn run(
     Ok(report)
 }
 
+impl BenchReport {
+    /// The ratio lines of the text report (what `felis lab bench` prints under the table).
+    pub fn summary_lines(&self) -> Vec<String> {
+        let show = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+        let mut lines = vec![format!(
+            "routed pod / host (same subnet): throughput {}, RTT {}",
+            show(self.routed_ratio),
+            show(self.routed_rtt_ratio)
+        )];
+        if self.ipip_ratio.is_some() {
+            lines.push(format!(
+                "IPIP pod / host (across subnets): throughput {}, RTT {}",
+                show(self.ipip_ratio),
+                show(self.ipip_rtt_ratio)
+            ));
+            lines.push(format!(
+                "IPIP / routed (each against its host baseline): throughput {}, RTT {}",
+                show(self.ipip_vs_routed),
+                show(self.ipip_vs_routed_rtt)
+            ));
+        } else {
+            lines.push(format!(
+                "VXLAN pod / host (across subnets): throughput {}, RTT {}",
+                show(self.vxlan_ratio),
+                show(self.vxlan_rtt_ratio)
+            ));
+        }
+        lines
+    }
+}
+
 fn needs() -> Error {
     Error::Invalid(
         "lab bench needs hosts h1 and h3 in one subnet and h2 in another, each with a workload: \
@@ -164,6 +244,30 @@ fn needs() -> Error {
 }
 
 /// One TCP stream from `from` to `to` for `seconds`: bits per second received.
+/// One iperf3 TCP stream from namespace `from` to `address` in namespace `to`, bits per second.
+pub(crate) fn iperf_between(
+    from: &str,
+    to: &str,
+    address: &str,
+    label: &str,
+    seconds: u64,
+) -> Result<f64, Error> {
+    let (from_label, to_label) = label.split_once(" -> ").unwrap_or((label, ""));
+    iperf(
+        &Endpoint {
+            label: from_label.into(),
+            netns: from.into(),
+            address: String::new(),
+        },
+        &Endpoint {
+            label: to_label.into(),
+            netns: to.into(),
+            address: address.into(),
+        },
+        seconds,
+    )
+}
+
 fn iperf(from: &Endpoint, to: &Endpoint, seconds: u64) -> Result<f64, Error> {
     let mut server = spawn(&to.netns, &["iperf3", "-s", "-1", "-p", "5201"])?;
     let result = (|| {
@@ -318,6 +422,30 @@ fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipip_report_summarises_ipip_against_routed() {
+        let report = BenchReport {
+            paths: Vec::new(),
+            routed_ratio: Some(0.8),
+            vxlan_ratio: None,
+            routed_rtt_ratio: Some(1.2),
+            vxlan_rtt_ratio: None,
+            ipip_ratio: Some(0.76),
+            ipip_rtt_ratio: Some(1.32),
+            ipip_vs_routed: Some(0.95),
+            ipip_vs_routed_rtt: Some(1.1),
+            add_to_reachable_p50_ms: None,
+            add_to_reachable_p99_ms: None,
+            add_to_reachable_samples: 0,
+        };
+        let lines = report.summary_lines();
+        assert_eq!(
+            lines[2],
+            "IPIP / routed (each against its host baseline): throughput 0.95, RTT 1.10"
+        );
+        assert!(lines.iter().all(|l| !l.contains("VXLAN")));
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

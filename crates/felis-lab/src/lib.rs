@@ -10,6 +10,7 @@ mod agents;
 pub mod aws;
 pub mod bench;
 pub mod plan;
+pub mod policy_bench;
 mod sh;
 mod topology;
 
@@ -197,7 +198,8 @@ pub fn attach_workloads(state: &mut State, felis_binary: &std::path::Path) -> Re
         state.addresses.insert(name, address);
     }
     state.save()?;
-    agents::wait_policy_programmed(state, std::time::Duration::from_secs(30))
+    agents::wait_policy_programmed(state, std::time::Duration::from_secs(30))?;
+    agents::wait_routes(state, std::time::Duration::from_secs(30))
 }
 
 /// Stops a host's agent (SIGKILL with `kill`, as a crash; else SIGTERM); the dataplane it

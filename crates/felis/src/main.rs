@@ -380,6 +380,16 @@ enum LabCommand {
         /// Workloads to attach for the CNI ADD → reachable measurement (0 to skip).
         #[arg(long, default_value_t = 20)]
         attach: usize,
+        /// Instead: throughput and new-connection rate between two pods with a large policy
+        /// set enforced vs none (needs two hosts in h1's subnet with a workload each).
+        #[arg(long)]
+        policy: bool,
+        /// With --policy: rules in the generated policy set.
+        #[arg(long, default_value_t = 10_000, requires = "policy")]
+        rules: usize,
+        /// With --policy: generated endpoints.
+        #[arg(long, default_value_t = 1_000, requires = "policy")]
+        endpoints: usize,
         /// Output format: table (default) or json.
         #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
@@ -1057,10 +1067,39 @@ fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             seconds,
             rounds,
             attach,
+            policy,
+            rules,
+            endpoints,
             output,
         } => {
             let state = felis_lab::State::load(&name.name)?;
             let felis = std::env::current_exe().context("finding the felis binary")?;
+            if policy {
+                let r = felis_lab::policy_bench::run(
+                    &state, &felis, seconds, rounds, rules, endpoints,
+                )?;
+                if output == "json" {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!(
+                        "{}: {} rules in {} policies over {} endpoints, enforced {:.1} s after apply",
+                        r.path, r.rules, r.policies, r.endpoints, r.program_seconds
+                    );
+                    println!(
+                        "throughput: {:.2} Gbit/s without policy, {:.2} Gbit/s with: ratio {:.3}",
+                        r.baseline_throughput_bps / 1e9,
+                        r.policy_throughput_bps / 1e9,
+                        r.throughput_ratio
+                    );
+                    println!(
+                        "new connections: {:.0}/s without policy, {:.0}/s with: ratio {:.3}",
+                        r.baseline_connections_per_second,
+                        r.policy_connections_per_second,
+                        r.connection_rate_ratio
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let report = felis_lab::bench::run(&state, &felis, seconds, rounds, attach)?;
             if output == "json" {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1082,16 +1121,9 @@ fn lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             }
             print!("{}", output::align(&rows));
             let show = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
-            println!(
-                "routed pod / host (same subnet): throughput {}, RTT {}",
-                show(report.routed_ratio),
-                show(report.routed_rtt_ratio)
-            );
-            println!(
-                "VXLAN pod / host (across subnets): throughput {}, RTT {}",
-                show(report.vxlan_ratio),
-                show(report.vxlan_rtt_ratio)
-            );
+            for line in report.summary_lines() {
+                println!("{line}");
+            }
             if report.add_to_reachable_samples > 0 {
                 println!(
                     "CNI ADD -> reachable from another host: p50 {} ms, p99 {} ms ({} workloads)",
