@@ -6,8 +6,12 @@
 //! ```text
 //!  Node, BGPConfiguration, BGPPeer, IPPool, IPAM blocks ──► desired() ──► BgpDesired
 //!  BgpDesired (before, after) ──► plan() ──► [SpeakerCommand] ──► the shell calls the Speaker
-//!  Speaker's RibChange ──► learned_update() ──► calc::Update::LearnedRoute ──► routes
+//!  Speaker's RibChange ──► fib::Learned ──► FibWriter ──► kernel routes, proto 81 (fib)
 //! ```
+//!
+//! The agent writes learned routes into the kernel itself ([`fib`], [`FibWriter`]: Calico's
+//! BIRD `protocol kernel`); [`learned_update`] turns them into graph facts instead, for tests
+//! and tools that keep learned routes in the graph.
 //!
 //! [`BgpRunner`] is the shell around it: it owns the speaker, executes the plan (resolving
 //! passwords), and reports status; it decides nothing.
@@ -38,6 +42,8 @@
 //!   the shell resolves them (see [`SecretRef`]) just before adding the peer, so secrets never
 //!   enter the calculation, its logs or its JSON.
 
+pub mod fib;
+mod kernel;
 mod shell;
 mod status;
 
@@ -52,6 +58,8 @@ use felis_api::selector::Selector;
 use felis_bgp::Asn;
 use felis_bgp::io::PeerConfig;
 use felis_bgp::io::SpeakerConfig;
+use felis_bgp::packet::update::PathAttributes;
+use felis_bgp::packet::update::RawAttribute;
 use felis_bgp::rib::ChangeKind;
 use felis_bgp::rib::NextHopMode;
 use felis_bgp::rib::RibChange;
@@ -65,6 +73,7 @@ use crate::calc::NodeFacts;
 use crate::calc::PoolFacts;
 use crate::calc::Update;
 
+pub use self::kernel::FibWriter;
 pub use self::shell::BgpRunner;
 pub use self::shell::DEFAULT_SECRETS_DIR;
 pub use self::shell::Reconciled;
@@ -753,6 +762,37 @@ pub fn plan(old: Option<&BgpDesired>, new: Option<&BgpDesired>) -> Vec<SpeakerCo
         }
     }
     commands
+}
+
+/// The path attributes that carry `communities` on an exported prefix: COMMUNITIES (RFC 1997)
+/// for `aa:nn`, LARGE_COMMUNITY (RFC 8092, optional transitive, type 32) for `aa:nn:mm`.
+pub fn path_attributes(communities: &BTreeSet<Community>) -> PathAttributes {
+    let mut attributes = PathAttributes::default();
+    let mut large = Vec::new();
+    for community in communities {
+        match *community {
+            Community::Standard(asn, value) => {
+                attributes
+                    .communities
+                    .push(felis_bgp::packet::update::Community(
+                        (u32::from(asn) << 16) | u32::from(value),
+                    ))
+            }
+            Community::Large(a, b, c) => {
+                for part in [a, b, c] {
+                    large.extend_from_slice(&part.to_be_bytes());
+                }
+            }
+        }
+    }
+    if !large.is_empty() {
+        attributes.other.push(RawAttribute {
+            flags: 0xc0,
+            code: 32,
+            value: large,
+        });
+    }
+    attributes
 }
 
 /// The calculation-graph fact a best-route change of the speaker gives.

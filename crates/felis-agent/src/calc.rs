@@ -7,13 +7,20 @@
 //! `CrossSubnet` encapsulates only when the remote node's address is outside this node's subnet
 //! (its `bgp.ipv4Address` with prefix length), `Never` routes directly.
 //!
-//! Routes learned by BGP ([`Update::LearnedRoute`]) are routed the same way, toward their next
-//! hop. Precedence: a learned route for exactly the same prefix as an IPAM-derived remote route
-//! replaces it (when BGP is in use, a block learned by BGP is routed by BGP, toward the next hop
-//! BGP chose); IPAM-derived routes stay for prefixes BGP has not (yet) learned, so routes do not
-//! flap while sessions come up, and clusters without BGP are routed from IPAM alone. A learned
-//! route never replaces a local block's blackhole or a local workload's route, and a route whose
-//! next hop is this node is ignored. The BGP configuration of the node (peers, exports) is
+//! **Who routes what.** Without BGP (`CalcGraph::new`), every remote block and borrowed address
+//! is routed from IPAM. When the node runs BGP ([`CalcGraph::routed_by_bgp`], calico-node's
+//! `CALICO_NETWORKING_BACKEND=bird`), Calico's split applies: the graph keeps the encapsulated
+//! routes (VXLAN, IPIP) it derives from IPAM, and unencapsulated routes to remote blocks come
+//! from BGP alone, written to the kernel by [`crate::bgp::fib`] with protocol 81
+//! ([`felis_netlink::RouteProtocol::FELIS_BGP`]), never by the graph. Each learned route's device
+//! is chosen by [`LearnedRouting::target`], a snapshot of the graph's pools, nodes and local
+//! blocks ([`CalcGraph::learned_routing`]), so a million learned routes never enter the graph.
+//!
+//! Routes learned by BGP can also be given to the graph as facts ([`Update::LearnedRoute`]), as
+//! tests of a mesh do: they are routed by the same [`LearnedRouting::target`], toward their next
+//! hop, and replace an IPAM-derived route of exactly the same prefix. A learned route never
+//! replaces a local block's blackhole or a local workload's route, and a route whose next hop is
+//! this node is ignored. The BGP configuration of the node (peers, exports) is
 //! [`CalcGraph::bgp_desired`], computed by [`crate::bgp`] from the same facts.
 //!
 //! Inputs are facts ([`Update`]); [`CalcGraph::desired`] is the full desired state, and
@@ -307,6 +314,7 @@ pub struct CalcGraph {
     bgp_configs: BTreeMap<String, BgpConfigFacts>,
     bgp_peers: BTreeMap<String, BgpPeerFacts>,
     learned: BTreeMap<IpNet, LearnedRoute>,
+    routed_by_bgp: bool,
 }
 
 impl CalcGraph {
@@ -321,6 +329,68 @@ impl CalcGraph {
             bgp_configs: BTreeMap::new(),
             bgp_peers: BTreeMap::new(),
             learned: BTreeMap::new(),
+            routed_by_bgp: false,
+        }
+    }
+
+    /// The same graph for a node that runs BGP: unencapsulated routes to remote blocks and
+    /// borrowed addresses are left to BGP (see the module docs).
+    pub fn routed_by_bgp(mut self, routed_by_bgp: bool) -> CalcGraph {
+        self.routed_by_bgp = routed_by_bgp;
+        self
+    }
+
+    /// Whether unencapsulated remote routes are left to BGP.
+    pub fn is_routed_by_bgp(&self) -> bool {
+        self.routed_by_bgp
+    }
+
+    /// An empty graph for the same node and mode, keeping the learned routes (a datastore
+    /// resync replaces the resources, not what BGP learned).
+    pub fn emptied(&self) -> CalcGraph {
+        CalcGraph {
+            learned: self.learned.clone(),
+            ..CalcGraph::new(self.local_node.clone()).routed_by_bgp(self.routed_by_bgp)
+        }
+    }
+
+    /// What [`LearnedRouting::target`] needs to route learned prefixes, as of now.
+    pub fn learned_routing(&self) -> LearnedRouting {
+        let local = self.nodes.get(&self.local_node);
+        let own = local
+            .into_iter()
+            .flat_map(|l| [l.ipv4, l.ipv6])
+            .flatten()
+            .map(|a| a.addr())
+            .collect();
+        let vteps = self
+            .nodes
+            .values()
+            .flat_map(|n| {
+                [n.ipv4, n.ipv6]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(move |a| n.vxlan_v4.clone().map(|v| (a.addr(), v)))
+            })
+            .collect();
+        let local_blocks = self
+            .blocks
+            .values()
+            .filter(|b| b.affinity.as_deref() == Some(self.local_node.as_str()))
+            .map(|b| b.cidr)
+            .collect();
+        let vxlan_used = self
+            .pools
+            .values()
+            .any(|p| p.vxlan_mode != EncapMode::Never);
+        LearnedRouting {
+            own,
+            local_blocks,
+            vteps,
+            pools: self.pools.values().cloned().collect(),
+            local_v4: local.and_then(|l| l.ipv4),
+            local_v6: local.and_then(|l| l.ipv6),
+            has_local_vtep: vxlan_used && local.is_some_and(|l| l.vxlan_v4.is_some()),
         }
     }
 
@@ -438,7 +508,10 @@ impl CalcGraph {
                     state.routes.insert(block.cidr, RouteTarget::Blackhole);
                 }
                 Some(node) => {
-                    if let Some(target) = self.route_to(node, block.cidr, local, &state) {
+                    if let Some(target) = self
+                        .route_to(node, block.cidr, local, &state)
+                        .filter(|t| !self.is_left_to_bgp(t))
+                    {
                         state.routes.insert(block.cidr, target);
                     }
                 }
@@ -449,12 +522,15 @@ impl CalcGraph {
                     continue; // the workload route below covers it
                 }
                 let host = IpNet::from(*address);
-                if let Some(target) = self.route_to(holder, host, local, &state) {
+                if let Some(target) = self
+                    .route_to(holder, host, local, &state)
+                    .filter(|t| !self.is_left_to_bgp(t))
+                {
                     state.routes.insert(host, target);
                 }
             }
         }
-        self.add_learned_routes(local, &mut state);
+        self.add_learned_routes(&mut state);
         for endpoint in self.endpoints.values() {
             for address in &endpoint.addresses {
                 let host = IpNet::new(address.addr(), address.max_prefix_len()).unwrap_or(*address);
@@ -469,45 +545,30 @@ impl CalcGraph {
         state
     }
 
-    /// Routes for BGP-learned prefixes (see the module docs for the precedence): they replace
-    /// IPAM-derived routes of the same prefix, never a local block's blackhole; local workload
-    /// routes are added after them and win.
-    fn add_learned_routes(&self, local: Option<&NodeFacts>, state: &mut HostState) {
-        let own: BTreeSet<IpAddr> = local
-            .into_iter()
-            .flat_map(|l| [l.ipv4, l.ipv6])
-            .flatten()
-            .map(|a| a.addr())
-            .collect();
-        // The VTEP of each node address, for next hops in VXLAN pools.
-        let vteps: BTreeMap<IpAddr, &Vtep> = self
-            .nodes
-            .values()
-            .flat_map(|n| {
-                [n.ipv4, n.ipv6]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(move |a| n.vxlan_v4.as_ref().map(|v| (a.addr(), v)))
-            })
-            .collect();
+    /// Routes for BGP-learned prefixes given as facts (see the module docs for the
+    /// precedence): they replace IPAM-derived routes of the same prefix, never a local block's
+    /// blackhole; local workload routes are added after them and win.
+    fn add_learned_routes(&self, state: &mut HostState) {
+        if self.learned.is_empty() {
+            return;
+        }
+        let routing = self.learned_routing();
         for route in self.learned.values() {
-            if own.contains(&route.next_hop)
-                || route.prefix.addr().is_ipv4() != route.next_hop.is_ipv4()
+            if state.routes.get(&route.prefix) == Some(&RouteTarget::Blackhole) {
+                continue;
+            }
+            if let Some(target) = routing
+                .target(route.prefix, route.next_hop)
+                .filter(|t| !self.is_left_to_bgp(t))
             {
-                continue;
-            }
-            let local_block = self
-                .blocks
-                .get(&route.prefix)
-                .is_some_and(|b| b.affinity.as_deref() == Some(self.local_node.as_str()));
-            if local_block || state.routes.get(&route.prefix) == Some(&RouteTarget::Blackhole) {
-                continue;
-            }
-            let vtep = vteps.get(&route.next_hop).copied();
-            if let Some(target) = self.route_via(route.next_hop, vtep, route.prefix, local, state) {
                 state.routes.insert(route.prefix, target);
             }
         }
+    }
+
+    /// True for the routes the BGP FIB writes when the node runs BGP (unencapsulated ones).
+    fn is_left_to_bgp(&self, target: &RouteTarget) -> bool {
+        self.routed_by_bgp && matches!(target, RouteTarget::Direct { .. })
     }
 
     /// The route toward `node` for `dst` (a block or a borrowed address), by the mode of the pool
@@ -544,32 +605,103 @@ impl CalcGraph {
         local: Option<&NodeFacts>,
         state: &HostState,
     ) -> Option<RouteTarget> {
-        let same_subnet = local
-            .and_then(|l| match dst {
-                IpNet::V4(_) => l.ipv4,
-                IpNet::V6(_) => l.ipv6,
-            })
-            .is_some_and(|subnet| subnet.trunc().contains(&via));
-        let pool = self.pools.values().find(|p| p.cidr.contains(&dst));
-        let (ipip, vxlan) = pool.map_or((EncapMode::Never, EncapMode::Never), |p| {
-            (p.ipip_mode, p.vxlan_mode)
+        let subnet = local.and_then(|l| match dst {
+            IpNet::V4(_) => l.ipv4,
+            IpNet::V6(_) => l.ipv6,
         });
-        let encapsulate = |mode: EncapMode| match mode {
-            EncapMode::Never => false,
-            EncapMode::Always => true,
-            EncapMode::CrossSubnet => !same_subnet,
-        };
-        if encapsulate(vxlan) {
-            let vtep = vtep?;
-            // Without a local VXLAN device the route could not be programmed.
-            state.local_vtep.as_ref()?;
-            return Some(RouteTarget::Vxlan { via: vtep.address });
-        }
-        if encapsulate(ipip) && dst.addr().is_ipv4() {
-            return Some(RouteTarget::Ipip { via });
-        }
-        Some(RouteTarget::Direct { via })
+        choose_target(
+            self.pools.values(),
+            via,
+            vtep,
+            dst,
+            subnet,
+            state.local_vtep.is_some(),
+        )
     }
+}
+
+/// What routing a learned prefix needs from the graph: this node's addresses, subnets and
+/// blocks, the pools' modes and the nodes' VXLAN endpoints. Small (it grows with nodes and
+/// pools, not with routes); compare two to know whether learned routes need routing again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedRouting {
+    /// This node's addresses: a route whose next hop is one of them is ignored.
+    pub own: BTreeSet<IpAddr>,
+    /// Blocks affine to this node: never routed elsewhere (they are blackholed here).
+    pub local_blocks: BTreeSet<IpNet>,
+    /// Each node address's VXLAN endpoint.
+    pub vteps: BTreeMap<IpAddr, Vtep>,
+    /// The pools.
+    pub pools: Vec<PoolFacts>,
+    /// This node's IPv4 address with its subnet (for CrossSubnet).
+    pub local_v4: Option<IpNet>,
+    /// This node's IPv6 address with its subnet.
+    pub local_v6: Option<IpNet>,
+    /// Whether this node has its VXLAN device (VXLAN routes need it).
+    pub has_local_vtep: bool,
+}
+
+impl LearnedRouting {
+    /// The route for a prefix learned with `next_hop`: by the mode of the pool containing it
+    /// (VXLAN toward the next hop's VTEP, IPIP, or direct), as IPAM-derived routes are. `None`
+    /// for a next hop of this node, a block of this node, a next hop of another family, or a
+    /// VXLAN route whose endpoint is unknown.
+    pub fn target(&self, prefix: IpNet, next_hop: IpAddr) -> Option<RouteTarget> {
+        if self.own.contains(&next_hop)
+            || prefix.addr().is_ipv4() != next_hop.is_ipv4()
+            || self.local_blocks.contains(&prefix)
+        {
+            return None;
+        }
+        let subnet = match prefix {
+            IpNet::V4(_) => self.local_v4,
+            IpNet::V6(_) => self.local_v6,
+        };
+        choose_target(
+            self.pools.iter(),
+            next_hop,
+            self.vteps.get(&next_hop),
+            prefix,
+            subnet,
+            self.has_local_vtep,
+        )
+    }
+}
+
+/// The route for `dst` toward the node address `via` (whose VXLAN endpoint is `vtep`), by the
+/// mode of the pool that contains `dst`; a prefix outside every pool is routed directly. `None`
+/// when VXLAN is needed but a tunnel address (remote or local) is missing. `subnet` is this
+/// node's address with its prefix length, for CrossSubnet.
+fn choose_target<'a>(
+    mut pools: impl Iterator<Item = &'a PoolFacts>,
+    via: IpAddr,
+    vtep: Option<&Vtep>,
+    dst: IpNet,
+    subnet: Option<IpNet>,
+    has_local_vtep: bool,
+) -> Option<RouteTarget> {
+    let same_subnet = subnet.is_some_and(|subnet| subnet.trunc().contains(&via));
+    let pool = pools.find(|p| p.cidr.contains(&dst));
+    let (ipip, vxlan) = pool.map_or((EncapMode::Never, EncapMode::Never), |p| {
+        (p.ipip_mode, p.vxlan_mode)
+    });
+    let encapsulate = |mode: EncapMode| match mode {
+        EncapMode::Never => false,
+        EncapMode::Always => true,
+        EncapMode::CrossSubnet => !same_subnet,
+    };
+    if encapsulate(vxlan) {
+        let vtep = vtep?;
+        // Without a local VXLAN device the route could not be programmed.
+        if !has_local_vtep {
+            return None;
+        }
+        return Some(RouteTarget::Vxlan { via: vtep.address });
+    }
+    if encapsulate(ipip) && dst.addr().is_ipv4() {
+        return Some(RouteTarget::Ipip { via });
+    }
+    Some(RouteTarget::Direct { via })
 }
 
 #[cfg(test)]
@@ -812,6 +944,93 @@ mod tests {
         assert!(matches!(back.iter().rev().nth(1), Some(Change::VtepDel)));
         assert!(matches!(back.last(), Some(Change::NatSet(_))));
         assert!(after.diff(&after).is_empty());
+    }
+
+    #[test]
+    fn under_bgp_unencapsulated_remote_blocks_are_left_to_bgp_and_encapsulated_ones_stay() {
+        let mut g = cluster(EncapMode::Never, EncapMode::CrossSubnet).routed_by_bgp(true);
+        g.apply(Update::BlockSet(BlockFacts {
+            cidr: net("10.244.1.0/26"),
+            affinity: Some("c".into()),
+            borrowed: BTreeMap::from([(ip("10.244.1.5"), "b".to_string())]),
+        }));
+        let state = g.desired();
+        // b shares the subnet: direct, so BGP's; c is across: VXLAN, the graph's.
+        assert!(!state.routes.contains_key(&net("10.244.0.64/26")));
+        assert!(!state.routes.contains_key(&net("10.244.1.5/32")));
+        assert_eq!(
+            state.routes[&net("10.244.1.0/26")],
+            RouteTarget::Vxlan {
+                via: ip("10.244.0.128")
+            }
+        );
+        assert_eq!(
+            state.routes[&net("10.244.0.128/26")],
+            RouteTarget::Vxlan {
+                via: ip("10.244.0.128")
+            }
+        );
+        assert_eq!(state.routes[&net("10.244.0.0/26")], RouteTarget::Blackhole);
+        // A resync snapshot keeps the mode.
+        assert!(g.emptied().is_routed_by_bgp());
+        let never = cluster(EncapMode::Never, EncapMode::Never)
+            .routed_by_bgp(true)
+            .desired();
+        assert_eq!(
+            never.routes.keys().copied().collect::<Vec<_>>(),
+            vec![net("10.244.0.0/26")]
+        );
+    }
+
+    #[test]
+    fn learned_routing_routes_like_ipam_and_skips_own_and_local_blocks() {
+        let g = cluster(EncapMode::CrossSubnet, EncapMode::Never);
+        let routing = g.learned_routing();
+        assert_eq!(
+            routing.target(net("10.244.0.64/26"), ip("10.0.1.11")),
+            Some(RouteTarget::Direct {
+                via: ip("10.0.1.11")
+            })
+        );
+        assert_eq!(
+            routing.target(net("10.244.0.128/26"), ip("10.0.2.12")),
+            Some(RouteTarget::Ipip {
+                via: ip("10.0.2.12")
+            })
+        );
+        // Outside every pool: direct, whatever the subnet.
+        assert_eq!(
+            routing.target(net("192.168.0.0/16"), ip("10.0.2.12")),
+            Some(RouteTarget::Direct {
+                via: ip("10.0.2.12")
+            })
+        );
+        assert_eq!(routing.target(net("10.244.0.64/26"), ip("10.0.1.10")), None);
+        assert_eq!(routing.target(net("10.244.0.0/26"), ip("10.0.1.11")), None);
+        assert_eq!(
+            routing.target(net("10.244.0.64/26"), ip("2001:db8::1")),
+            None
+        );
+        // Learned facts on a BGP-routed graph keep only the encapsulated ones.
+        let mut g = cluster(EncapMode::CrossSubnet, EncapMode::Never).routed_by_bgp(true);
+        for (prefix, hop) in [
+            ("10.250.0.0/26", "10.0.1.11"),
+            ("10.244.2.0/26", "10.0.2.12"),
+        ] {
+            g.apply(Update::LearnedRoute(LearnedRoute {
+                prefix: net(prefix),
+                next_hop: ip(hop),
+                peer: ip(hop),
+            }));
+        }
+        let state = g.desired();
+        assert!(!state.routes.contains_key(&net("10.250.0.0/26")));
+        assert_eq!(
+            state.routes[&net("10.244.2.0/26")],
+            RouteTarget::Ipip {
+                via: ip("10.0.2.12")
+            }
+        );
     }
 
     fn arb_update() -> impl Strategy<Value = Update> {

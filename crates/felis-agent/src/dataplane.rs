@@ -28,6 +28,8 @@ use crate::calc::HostState;
 use crate::calc::NatSets;
 use crate::calc::RouteTarget;
 use crate::calc::Vtep;
+use crate::ipip::IpipPlane;
+use crate::ipip::IpipRouting;
 use crate::nat;
 
 /// The VXLAN device's name.
@@ -79,6 +81,7 @@ pub struct Dataplane {
     node_address: IpAddr,
     host_mtu: u32,
     nat_programmed: Option<NatSets>,
+    ipip: IpipPlane,
 }
 
 impl Dataplane {
@@ -89,19 +92,31 @@ impl Dataplane {
             node_address,
             host_mtu,
             nat_programmed: None,
+            ipip: IpipPlane::new(),
         }
+    }
+
+    /// The IPIP plane (eBPF on tc): its status, and this node's tunnel address.
+    pub fn ipip_mut(&mut self) -> &mut IpipPlane {
+        &mut self.ipip
     }
 
     /// Forgets what was programmed, so the next pass rewrites everything (after errors).
     pub fn invalidate(&mut self) {
         self.nat_programmed = None;
+        self.ipip.invalidate();
     }
 
     /// One reconciliation pass toward `desired`.
     pub async fn reconcile(&mut self, desired: &HostState) -> Result<PassStats, Error> {
         let mut stats = PassStats::default();
         let vxlan = self.reconcile_vxlan(desired).await?;
-        self.reconcile_routes(desired, vxlan, &mut stats).await?;
+        let ipip = self
+            .ipip
+            .reconcile(&self.handle, desired, self.node_address, self.host_mtu)
+            .await;
+        self.reconcile_routes(desired, vxlan, ipip.as_ref(), &mut stats)
+            .await?;
         if self.nat_programmed.as_ref() != Some(&desired.nat) {
             let script = nat::render(&desired.nat);
             tokio::task::spawn_blocking(move || nat::apply(&script))
@@ -277,6 +292,7 @@ impl Dataplane {
         &self,
         desired: &HostState,
         vxlan: Option<Ifindex>,
+        ipip: Option<&IpipRouting>,
         stats: &mut PassStats,
     ) -> Result<(), Error> {
         let ours = self
@@ -301,6 +317,7 @@ impl Dataplane {
         let by_name: BTreeMap<&str, Ifindex> =
             links.iter().map(|l| (l.name.as_str(), l.index)).collect();
         let mut wanted: BTreeSet<IpNet> = BTreeSet::new();
+        let mut ipip_set: Vec<Route> = Vec::new();
         for (dst, target) in &desired.routes {
             let route = match target {
                 RouteTarget::Workload { interface } => match by_name.get(interface.as_str()) {
@@ -335,11 +352,23 @@ impl Dataplane {
                         continue;
                     }
                 },
-                RouteTarget::Ipip { .. } => {
-                    // The IPIP device comes with the AWS/IPIP work; until then the route waits.
-                    stats.routes_pending += 1;
-                    continue;
-                }
+                // The eBPF classifiers on the host interface encapsulate (crate::ipip); the
+                // route only picks the interface, the next hop's MAC and the source.
+                RouteTarget::Ipip { via } => match (ipip, self.resolve(*via).await?) {
+                    (Some(ipip), Some((gateway, index))) if index == ipip.ifindex => {
+                        let mut route = Route::new(*dst)
+                            .via(gateway)
+                            .dev(index)
+                            .onlink()
+                            .protocol(RouteProtocol::FELIX);
+                        route.source = ipip.source;
+                        route
+                    }
+                    _ => {
+                        stats.routes_pending += 1;
+                        continue;
+                    }
+                },
             };
             if !matches!(target, RouteTarget::Workload { .. }) {
                 wanted.insert(*dst);
@@ -358,6 +387,14 @@ impl Dataplane {
                 .await
                 .map_err(nl(format!("programming {route}")))?;
             stats.routes_set += 1;
+            if matches!(target, RouteTarget::Ipip { .. }) {
+                ipip_set.push(route);
+            }
+        }
+        if let Some(ipip) = ipip
+            && let Err(e) = crate::ipip::set_route_mtus(&ipip_set, ipip)
+        {
+            warn!(error = %e, "setting the MTU of IPIP routes failed");
         }
         for route in &ours {
             if !wanted.contains(&route.dst) {
@@ -401,5 +438,6 @@ fn same_route(a: &Route, b: &Route) -> bool {
         && a.kind == b.kind
         && a.protocol == b.protocol
         && a.gateway == b.gateway
+        && (b.source.is_none() || a.source == b.source)
         && (a.kind == RouteKind::Blackhole || a.ifindex == b.ifindex)
 }

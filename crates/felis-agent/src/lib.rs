@@ -5,12 +5,14 @@
 //! neighbours, NAT sets). Reconcilers (netlink, nftables) and the datastore watch sit above it and
 //! make no decisions of their own. [`bgp`] is the node's BGP configuration (peers, exports) and
 //! `felis node status`, from the same facts. [`policy`] keeps the policy resources and programs this
-//! node's workload endpoints' network policy through `felis-nft`.
+//! node's workload endpoints' network policy through `felis-nft`. [`ipip`] runs IPIP pools
+//! through `felis-ebpf`'s tc classifiers (no kernel `ipip` module needed).
 
 pub mod autodetect;
 pub mod bgp;
 pub mod calc;
 pub mod dataplane;
+pub mod ipip;
 pub mod nat;
 pub mod policy;
 pub mod run;

@@ -42,6 +42,7 @@ use tracing::warn;
 
 use crate::autodetect;
 use crate::bgp::BgpRunner;
+use crate::bgp::FibWriter;
 use crate::calc::CalcGraph;
 use crate::calc::Update;
 use crate::dataplane::Dataplane;
@@ -107,7 +108,7 @@ pub enum Error {
     #[error("datastore")]
     Store(#[from] felis_store::Error),
     /// IPAM failed.
-    #[error("allocating the VXLAN tunnel address")]
+    #[error("allocating a tunnel address")]
     Ipam(#[from] felis_ipam::Error),
     /// A file could not be written.
     #[error("writing {path}")]
@@ -214,20 +215,31 @@ pub async fn run(
         .spawn(move || watch_store(store.as_ref(), &tx))
         .map_err(|e| Error::Task(e.to_string()))?;
 
-    let mut graph = CalcGraph::new(config.node_name.clone());
+    // With BGP, unencapsulated routes to remote blocks are BGP's (crate::bgp::fib), as Calico's.
+    let mut graph = CalcGraph::new(config.node_name.clone()).routed_by_bgp(config.bgp);
     let mut dataplane = Dataplane::new(handle, address.addr(), host_mtu);
     let mut policy = Some(PolicyPlane::new(config.node_name.clone()));
     let mut policy_failed = false;
     let mut resync = tokio::time::interval(config.resync_interval);
     let mut retry_after_error = false;
     let mut tunnel_checked_for: Option<bool> = None;
+    let mut ipip_tunnel: Option<std::net::Ipv4Addr> = None;
     let mut written_mtu: Option<u32> = None;
     // BGP: the speaker follows the graph's desired configuration; what it learns comes back
     // into the graph as facts.
     let mut bgp_runner = config
         .bgp
         .then(|| BgpRunner::new(crate::bgp::DEFAULT_SECRETS_DIR));
-    let (learned_tx, mut learned_rx) = mpsc::unbounded_channel::<Update>();
+    // What the speaker learns goes into the kernel through the batched route writer.
+    let mut fib = match config.bgp {
+        true => Some(
+            FibWriter::start(Duration::from_secs(u64::from(
+                crate::bgp::DEFAULT_RESTART_TIME,
+            )))
+            .map_err(|e| Error::Netlink("starting the BGP route writer".into(), e))?,
+        ),
+        false => None,
+    };
     let mut status_tick = tokio::time::interval(crate::bgp::STATUS_INTERVAL);
     let mut bgp_failed = false;
     // The datastore revision the agent has seen, and the one whose policy and routes are
@@ -240,6 +252,13 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down; the dataplane stays as it is");
+                if let Some(runner) = &mut bgp_runner {
+                    // Cease to every peer (no graceful restart: they withdraw our routes, as
+                    // BIRD's do when it stops), and a moment for the peers to read it before
+                    // the process exits (unread data would turn our close into a reset).
+                    let _ = runner.reconcile(None).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
                 return Ok(());
             }
             event = rx.recv() => {
@@ -273,14 +292,11 @@ pub async fn run(
             }
             _ = resync.tick() => {
                 dataplane.invalidate();
+                if let Some(fib) = &fib {
+                    fib.resync();
+                }
                 if let Some(plane) = &mut policy {
                     plane.invalidate();
-                }
-            }
-            Some(update) = learned_rx.recv() => {
-                graph.apply(update);
-                while let Ok(update) = learned_rx.try_recv() {
-                    graph.apply(update);
                 }
             }
             _ = status_tick.tick() => {
@@ -308,21 +324,20 @@ pub async fn run(
             let result = runner.reconcile(graph.bgp_desired().as_ref()).await;
             if result.stopped {
                 graph.apply(Update::LearnedRoutesCleared);
+                if let Some(fib) = &fib {
+                    fib.clear();
+                }
             }
-            if let Some(mut changes) = result.changes {
-                let tx = learned_tx.clone();
-                tokio::spawn(async move {
-                    while let Some(change) = changes.recv().await {
-                        if tx.send(crate::bgp::learned_update(&change)).is_err() {
-                            break;
-                        }
-                    }
-                });
+            if let (Some(changes), Some(fib)) = (result.changes, &fib) {
+                fib.forward(changes);
             }
             for e in &result.errors {
                 warn!(error = %ErrorChain(e), "BGP configuration not applied yet; retrying");
             }
             bgp_failed = !result.errors.is_empty();
+        }
+        if let Some(fib) = &mut fib {
+            fib.set_routing(graph.learned_routing());
         }
         let desired = graph.desired();
         // A VXLAN pool needs this node's tunnel address: allocate it once pools say so.
@@ -333,6 +348,19 @@ pub async fn run(
             match blocking(move || ensure_vxlan_tunnel(store.as_ref(), &node_name)).await? {
                 Ok(()) => tunnel_checked_for = Some(true),
                 Err(e) => warn!(error = %ErrorChain(&e), "VXLAN tunnel address not allocated yet"),
+            }
+        }
+        // An IPIP pool needs this node's IPIP tunnel address (the source of host → remote pod
+        // traffic, see crate::ipip).
+        if desired.ipip && ipip_tunnel.is_none() {
+            let store = config.store.clone();
+            let node_name = config.node_name.clone();
+            match blocking(move || ensure_ipip_tunnel(store.as_ref(), &node_name)).await? {
+                Ok(address) => {
+                    ipip_tunnel = Some(address);
+                    dataplane.ipip_mut().set_tunnel_address(Some(address));
+                }
+                Err(e) => warn!(error = %ErrorChain(&e), "IPIP tunnel address not allocated yet"),
             }
         }
         // Policy: compiled and sent to nftables off the async threads (it runs `nft`).
@@ -430,7 +458,8 @@ fn apply_event(graph: &mut CalcGraph, policy: &mut PolicyPlane, node: &str, even
             if changed {
                 policy.mark_dirty();
             }
-            *graph = CalcGraph::new(node.to_string());
+            // A new snapshot of the resources; same node and mode, learned routes kept.
+            *graph = graph.emptied();
             for kv in items {
                 apply_put(graph, node, &kv);
             }
@@ -620,6 +649,49 @@ fn ensure_vxlan_tunnel(store: &dyn Datastore, node_name: &str) -> Result<(), Err
     })?;
     info!(%tunnel, "VXLAN tunnel address allocated");
     Ok(())
+}
+
+/// Gives this node an IPIP tunnel address (IPAM handle `ipip-tunnel-addr-<node>`), recorded as
+/// its Node's `spec.bgp.ipv4IPIPTunnelAddr`, as calico-node does.
+fn ensure_ipip_tunnel(store: &dyn Datastore, node_name: &str) -> Result<std::net::Ipv4Addr, Error> {
+    #[allow(clippy::disallowed_methods)] // the shell reads the clock and hands it to IPAM
+    let now = SystemTime::now();
+    let ipam = felis_ipam::Ipam::new(store);
+    // The handle's address if it has one (so a restart keeps it), else a new one.
+    let tunnel = ipam.assign_tunnel_address(
+        node_name,
+        felis_ipam::TunnelKind::Ipip,
+        now,
+        &mut rand::rng(),
+    )?;
+    let IpAddr::V4(v4) = tunnel else {
+        return Err(Error::Task(format!(
+            "IPAM gave the IPv6 address {tunnel} as IPIP tunnel address"
+        )));
+    };
+    let client = Client::new(store);
+    let recorded = matches!(
+        client.get(Kind::Node, None, node_name)?,
+        Resource::Node(node)
+            if node.spec.bgp.as_ref().and_then(|b| b.ipv4_ipip_tunnel_addr) == Some(tunnel)
+    );
+    if !recorded {
+        client.upsert(Kind::Node, None, node_name, &|existing| match existing {
+            Some(Resource::Node(mut node)) => {
+                node.spec
+                    .bgp
+                    .get_or_insert_with(NodeBgpSpec::default)
+                    .ipv4_ipip_tunnel_addr = Some(tunnel);
+                Ok(Resource::Node(node))
+            }
+            _ => Err(felis_client::Error::NotFound {
+                kind: "Node",
+                name: node_name.to_string(),
+            }),
+        })?;
+        info!(%tunnel, "IPIP tunnel address allocated");
+    }
+    Ok(v4)
 }
 
 /// A stable, locally administered MAC for the node's VTEP: `66:` and five bytes of a hash of

@@ -511,6 +511,18 @@ impl Rib {
 
     /// Originates a route from this speaker. `next_hop` `None` means ourselves.
     pub fn originate(&mut self, prefix: IpNet, next_hop: Option<IpAddr>, out: &mut RibOutput) {
+        self.originate_with(prefix, next_hop, PathAttributes::default(), out);
+    }
+
+    /// [`Rib::originate`] with attributes of its own (communities, say): ORIGIN, AS_PATH and
+    /// NEXT_HOP of `extra` are replaced by the speaker's.
+    pub fn originate_with(
+        &mut self,
+        prefix: IpNet,
+        next_hop: Option<IpAddr>,
+        extra: PathAttributes,
+        out: &mut RibOutput,
+    ) {
         let attrs = RouteAttrs {
             next_hop,
             link_local: None,
@@ -521,7 +533,7 @@ impl Rib {
                     Some(IpAddr::V4(a)) => Some(a),
                     _ => None,
                 },
-                ..PathAttributes::default()
+                ..extra
             },
         };
         let attrs = self.intern(attrs);
@@ -1642,6 +1654,24 @@ mod tests {
             vec!["10.65.0.0/26".parse::<Ipv4Net>().unwrap()]
         );
         assert_eq!(rib.counters(e).unwrap().advertised, 0);
+    }
+
+    #[test]
+    fn originated_communities_travel_and_originating_again_replaces_them() {
+        let mut rib = rib(None);
+        let e = up(&mut rib, "10.0.9.2", 65001, "10.0.9.2", false);
+        let extra = PathAttributes {
+            communities: vec![Community(0xfc00_0064)],
+            ..PathAttributes::default()
+        };
+        let mut out = RibOutput::default();
+        rib.originate_with(net("10.96.0.0/16"), None, extra, &mut out);
+        let mut want = attrs(&[64512], "10.0.0.1");
+        want.communities = vec![Community(0xfc00_0064)];
+        assert_eq!(updates_to(&out, e)[0].attrs, want);
+        let mut out = RibOutput::default();
+        rib.originate(net("10.96.0.0/16"), None, &mut out);
+        assert_eq!(updates_to(&out, e)[0].attrs, attrs(&[64512], "10.0.0.1"));
     }
 
     #[test]

@@ -762,7 +762,7 @@ fn address_from_message(message: &AddressMessage) -> Option<Address> {
     })
 }
 
-fn route_from_message(message: &RouteMessage) -> Option<Route> {
+pub(crate) fn route_from_message(message: &RouteMessage) -> Option<Route> {
     let header = &message.header;
     let ipv6 = match header.address_family {
         AddressFamily::Inet => false,
@@ -815,7 +815,7 @@ fn route_address(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn route_to_message(route: &Route) -> Result<RouteMessage> {
+pub(crate) fn route_to_message(route: &Route) -> Result<RouteMessage> {
     let invalid = |reason: String| Error::InvalidRoute {
         dst: route.dst.to_string(),
         reason,

@@ -17,6 +17,9 @@
 //! The [`Netlink`] trait names the operations a reconciler uses; [`Handle`] implements it and
 //! [`RecordingNetlink`] is an in-memory fake that records every change (tests without root).
 //!
+//! [`RouteWriter`] is the bulk path for routes: thousands of changes per `sendmsg`, a result per
+//! change, and streamed dumps (BGP-learned routes by the hundred thousand).
+//!
 //! The API is async. Short-lived synchronous callers (the CNI plugin) wrap a whole session in
 //! [`block_on`]; a [`Handle`] must stay on the runtime that created it.
 //!
@@ -24,6 +27,7 @@
 //! them and runs closures inside them, always on a throwaway thread: `setns(2)` is never called
 //! on a thread the caller owns.
 
+mod batch;
 mod error;
 mod fake;
 mod handle;
@@ -32,6 +36,10 @@ mod probe;
 pub mod sysctl;
 mod types;
 
+pub use crate::batch::RouteOp;
+pub use crate::batch::RouteOpFailure;
+pub use crate::batch::RouteWriter;
+pub use crate::batch::WriteReport;
 pub use crate::error::Error;
 pub use crate::error::Result;
 pub use crate::fake::Call;

@@ -111,6 +111,11 @@ impl RouteProtocol {
     pub const BIRD: RouteProtocol = RouteProtocol(12);
     /// Protocol 80: Calico's felix-programmed VXLAN/no-encap routes and blackholes.
     pub const FELIX: RouteProtocol = RouteProtocol(80);
+    /// Protocol 81: Felis's routes learned by BGP (where Calico's BIRD writes `proto bird`,
+    /// 12). Next to felix's 80, and taken by no one in Linux's `rtnetlink.h` or iproute2's
+    /// `rt_protos` (which give BGP daemons 186, Zebra 11, BIRD 12), so `ip route show proto 81`
+    /// lists exactly what Felis's speaker installed and no other daemon touches it.
+    pub const FELIS_BGP: RouteProtocol = RouteProtocol(81);
 }
 
 impl fmt::Display for RouteProtocol {

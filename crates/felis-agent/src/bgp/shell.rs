@@ -192,7 +192,12 @@ impl BgpRunner {
                     else {
                         continue;
                     };
-                    match speaker.originate(prefix, Some(next_hop)) {
+                    let attributes = desired
+                        .exports
+                        .get(&prefix)
+                        .map(|e| super::path_attributes(&e.communities))
+                        .unwrap_or_default();
+                    match speaker.originate_with(prefix, Some(next_hop), attributes) {
                         Ok(()) => {
                             if let Some(export) = desired.exports.get(&prefix) {
                                 applied.exports.insert(prefix, export.clone());

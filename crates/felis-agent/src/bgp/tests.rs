@@ -965,3 +965,32 @@ fn measure_desired_and_plan_for_a_large_mesh() {
         commands.len()
     );
 }
+
+#[test]
+fn export_communities_become_communities_and_large_community_attributes() {
+    let communities = BTreeSet::from([
+        Community::Standard(64512, 100),
+        Community::Large(64512, 1, 2),
+        Community::Standard(65000, 7),
+    ]);
+    let attributes = path_attributes(&communities);
+    assert_eq!(
+        attributes.communities,
+        vec![
+            felis_bgp::packet::update::Community(0xfc00_0064),
+            felis_bgp::packet::update::Community(0xfde8_0007),
+        ]
+    );
+    assert_eq!(
+        attributes.other,
+        vec![RawAttribute {
+            flags: 0xc0,
+            code: 32,
+            value: [64512u32, 1, 2]
+                .iter()
+                .flat_map(|p| p.to_be_bytes())
+                .collect(),
+        }]
+    );
+    assert_eq!(path_attributes(&BTreeSet::new()), PathAttributes::default());
+}

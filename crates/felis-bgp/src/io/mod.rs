@@ -58,6 +58,7 @@ use tracing::warn;
 use crate::error::Error;
 use crate::packet::Asn;
 use crate::packet::Family;
+use crate::packet::update::PathAttributes;
 use crate::packet::update::Update;
 use crate::rib::NextHopMode;
 use crate::rib::PeerCounters;
@@ -239,7 +240,7 @@ type SharedStatus = Arc<Mutex<SessionStatus>>;
 enum Command {
     AddPeer(PeerConfig, oneshot::Sender<Result<(), Error>>),
     RemovePeer(IpAddr, oneshot::Sender<Result<(), Error>>),
-    Originate(IpNet, Option<IpAddr>),
+    Originate(IpNet, Option<IpAddr>, Box<PathAttributes>),
     Withdraw(IpNet),
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Shutdown(oneshot::Sender<()>),
@@ -357,7 +358,19 @@ impl Speaker {
 
     /// Announces a prefix of ours; `next_hop` `None` means our address toward each peer.
     pub fn originate(&self, prefix: IpNet, next_hop: Option<IpAddr>) -> Result<(), Error> {
-        self.send(Command::Originate(prefix, next_hop))
+        self.originate_with(prefix, next_hop, PathAttributes::default())
+    }
+
+    /// [`Speaker::originate`] with attributes of its own, such as COMMUNITIES (RFC 1997) or a
+    /// LARGE_COMMUNITY (RFC 8092) in `other`; ORIGIN, AS_PATH and NEXT_HOP are the speaker's.
+    /// Originating a prefix again replaces its attributes.
+    pub fn originate_with(
+        &self,
+        prefix: IpNet,
+        next_hop: Option<IpAddr>,
+        attributes: PathAttributes,
+    ) -> Result<(), Error> {
+        self.send(Command::Originate(prefix, next_hop, Box::new(attributes)))
     }
 
     /// Withdraws a prefix announced with [`Speaker::originate`].
@@ -477,7 +490,10 @@ impl Core {
                 };
                 let _ = reply.send(result);
             }
-            Command::Originate(prefix, next_hop) => self.rib.originate(prefix, next_hop, &mut out),
+            Command::Originate(prefix, next_hop, attributes) => {
+                self.rib
+                    .originate_with(prefix, next_hop, *attributes, &mut out);
+            }
             Command::Withdraw(prefix) => self.rib.withdraw_local(prefix, &mut out),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
