@@ -69,6 +69,12 @@ pub struct SessionConfig {
     pub families: Vec<Family>,
     /// Restart time to advertise in the graceful restart capability; `None` omits it.
     pub graceful_restart: Option<u16>,
+    /// Set the Forwarding State (F) bit for every family in the graceful restart capability:
+    /// we keep forwarding across a restart of ours, so a helper keeps our routes (stale) until
+    /// our End-of-RIB instead of flushing them as soon as the new session is up (RFC 4724
+    /// §4.2).
+    #[serde(default)]
+    pub forwarding_preserved: bool,
 }
 
 impl SessionConfig {
@@ -85,6 +91,7 @@ impl SessionConfig {
             passive: false,
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
             graceful_restart: Some(DEFAULT_RESTART_TIME),
+            forwarding_preserved: false,
         }
     }
 
@@ -107,13 +114,12 @@ impl SessionConfig {
                 restarting: false,
                 notification: false,
                 restart_time,
-                // We do not preserve forwarding state across our own restart (F = 0).
                 families: self
                     .families
                     .iter()
                     .map(|f| GracefulRestartFamily {
                         family: *f,
-                        forwarding_preserved: false,
+                        forwarding_preserved: self.forwarding_preserved,
                     })
                     .collect(),
             }));
@@ -669,6 +675,39 @@ mod tests {
         let mut c = SessionConfig::new(Asn(64513), Asn(64512), Ipv4Addr::new(10, 0, 0, 2));
         c.hold_time = 60;
         c.open()
+    }
+
+    /// The F bit on the wire: BIRD flushes a restarted peer's stale routes as soon as the new
+    /// session is up unless the peer's new OPEN sets it (RFC 4724 §4.2).
+    #[test]
+    fn open_carries_forwarding_state_bit_per_family() {
+        let encoded = |preserved: bool| {
+            let mut c = config();
+            c.forwarding_preserved = preserved;
+            let mut wire = Vec::new();
+            Message::Open(c.open())
+                .encode(&CodecOptions::default(), &mut wire)
+                .unwrap();
+            let Message::Open(open) = Message::decode(&wire, &CodecOptions::default()).unwrap()
+            else {
+                panic!("not an OPEN")
+            };
+            let gr = open.graceful_restart().cloned().unwrap();
+            assert!(!gr.restarting);
+            assert_eq!(gr.restart_time, DEFAULT_RESTART_TIME);
+            gr.families
+                .iter()
+                .map(|f| (f.family, f.forwarding_preserved))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            encoded(true),
+            vec![(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, true)]
+        );
+        assert_eq!(
+            encoded(false),
+            vec![(Family::IPV4_UNICAST, false), (Family::IPV6_UNICAST, false)]
+        );
     }
 
     struct Fixture {

@@ -9,8 +9,8 @@
 //!                                              2001:db8:200::/48
 //! ```
 //!
-//! Runs by default (CI is root and installs bird2). Skips with a message when not root;
-//! fails when `bird` is missing.
+//! Runs by default (CI is root and installs bird2). Skips with a message when not root or
+//! when `bird` is missing. Shared helpers are in `common/mod.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,23 +19,23 @@
     reason = "test code"
 )]
 
-use std::fs::File;
+mod common;
+
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::path::PathBuf;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 use std::time::Instant;
 
+use common::Bird;
+use common::Felis;
+use common::Netns;
+use common::WAIT;
+use common::preconditions;
+use common::runtime;
 use felis_bgp::Asn;
 use felis_bgp::io::Password;
 use felis_bgp::io::PeerConfig;
-use felis_bgp::io::PeerStatus;
-use felis_bgp::io::Speaker;
 use felis_bgp::io::SpeakerConfig;
 use felis_bgp::rib::ChangeKind;
 use felis_bgp::rib::RibChange;
@@ -47,82 +47,23 @@ const BIRD_V4: &str = "192.0.2.2";
 const FELIS_V6: &str = "2001:db8::1";
 const BIRD_V6: &str = "2001:db8::2";
 const BIRD_ASN: u32 = 64513;
-const WAIT: Duration = Duration::from_secs(60);
 
-fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("running {args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn start_bird(ns: &Netns, dir: &Path, felis_passive: bool) -> Bird {
+    start_bird_with(ns, dir, felis_passive, "", "", BIRD_ASN)
 }
 
-/// A network namespace named `ct-<pid>-<tag>`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ct-{}-{tag}", std::process::id());
-        let _ = run(&["ip", "netns", "del", &name]);
-        run(&["ip", "netns", "add", &name]).unwrap();
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        run(&full).unwrap();
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.name]);
-    }
-}
-
-/// A BIRD process in a namespace, killed on drop.
-struct Bird {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Bird {
-    fn start(ns: &Netns, dir: &Path, felis_passive: bool) -> Bird {
-        Bird::start_with(ns, dir, felis_passive, "", "", BIRD_ASN)
-    }
-
-    fn start_with(
-        ns: &Netns,
-        dir: &Path,
-        felis_passive: bool,
-        extra: &str,
-        bgp_extra: &str,
-        bird_asn: u32,
-    ) -> Bird {
-        let conf = dir.join("bird.conf");
-        let socket = dir.join("bird.ctl");
-        let log = dir.join("bird.log");
-        let passive = if felis_passive { "" } else { "passive on;" };
-        let text = format!(
-            r#"
+fn start_bird_with(
+    ns: &Netns,
+    dir: &Path,
+    felis_passive: bool,
+    extra: &str,
+    bgp_extra: &str,
+    bird_asn: u32,
+) -> Bird {
+    let passive = if felis_passive { "" } else { "passive on;" };
+    let text = format!(
+        r#"
 router id {BIRD_V4};
-log "{log}" all;
 protocol device {{ scan time 1; }}
 protocol direct {{ ipv4; ipv6; interface "veth1"; }}
 protocol static s4 {{
@@ -148,71 +89,9 @@ protocol bgp felis {{
   ipv6 {{ import all; export where source = RTS_STATIC; next hop address {BIRD_V6}; }};
 }}
 {extra}
-"#,
-            log = log.display(),
-        );
-        std::fs::write(&conf, text).unwrap();
-        let stdout = File::create(dir.join("bird.stdout")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, &bin("bird"), "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.join("bird.pid"))
-            .stdout(stdout.try_clone().unwrap())
-            .stderr(stdout)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Bird { child, socket, log }
-    }
-
-    fn birdc(&self, command: &str) -> String {
-        let birdc = bin("birdc");
-        let mut args = vec![birdc.as_str(), "-s"];
-        let socket = self.socket.to_string_lossy().into_owned();
-        args.push(&socket);
-        args.extend(command.split(' '));
-        run(&args).unwrap_or_else(|e| e)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `name` from PATH, or from /usr/sbin where Debian installs BIRD (not always on PATH).
-fn bin(name: &str) -> String {
-    let sbin = Path::new("/usr/sbin").join(name);
-    if Command::new(name).arg("--version").output().is_err() && sbin.exists() {
-        return sbin.to_string_lossy().into_owned();
-    }
-    name.to_owned()
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Returns false (after printing why) when the test cannot run here.
-fn preconditions() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: BIRD interop test needs root (network namespaces)");
-        return false;
-    }
-    assert!(
-        Command::new(bin("bird")).arg("--version").output().is_ok(),
-        "BIRD interop test needs `bird` (Debian package bird2): apt-get install -y bird2"
+"#
     );
-    true
+    Bird::spawn(ns, dir, &text)
 }
 
 struct Topology {
@@ -249,122 +128,28 @@ fn topology(tag: &str) -> Topology {
     Topology { felis, bird }
 }
 
-/// A Felis speaker running on a thread inside a namespace. Its handle and change stream are
-/// used from the test thread (tokio channels work across runtimes).
-struct Felis {
-    speaker: Speaker,
-    changes: tokio::sync::mpsc::UnboundedReceiver<RibChange>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+fn start_felis(ns: &Netns, passive: bool) -> Felis {
+    start_felis_with(ns, passive, None, BIRD_ASN)
 }
 
-impl Felis {
-    fn start(ns: &Netns, passive: bool) -> Felis {
-        Felis::start_with(ns, passive, None, BIRD_ASN)
-    }
-
-    fn start_with(ns: &Netns, passive: bool, password: Option<&str>, bird_asn: u32) -> Felis {
-        let password = password.map(|p| Password(p.to_owned()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let path = ns.path();
-        let thread = std::thread::spawn(move || {
-            // setns on this throwaway thread only: sockets made here live in the namespace.
-            let file = File::open(&path).unwrap();
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut config = SpeakerConfig::new(Asn(64512), FELIS_V4.parse().unwrap());
-                config.listen = Some(SocketAddr::new(FELIS_V4.parse().unwrap(), 179));
-                let (speaker, changes) = Speaker::start(config).await.unwrap();
-                let mut peer = PeerConfig::new(BIRD_V4.parse().unwrap(), Asn(bird_asn));
-                peer.passive = passive;
-                peer.connect_delay = Duration::from_millis(200);
-                peer.connect_retry = Duration::from_secs(2);
-                peer.next_hop_v6 = Some(FELIS_V6.parse().unwrap());
-                peer.password = password;
-                speaker.add_peer(peer).await.unwrap();
-                speaker
-                    .originate("10.65.0.0/26".parse().unwrap(), None)
-                    .unwrap();
-                speaker
-                    .originate("2001:db8:65::/64".parse().unwrap(), None)
-                    .unwrap();
-                ready_tx.send((speaker.clone(), changes)).unwrap();
-                let _ = tokio::time::timeout(Duration::from_secs(300), stop_rx).await;
-                let _ = speaker.shutdown().await;
-            });
-        });
-        let (speaker, changes) = ready_rx.recv_timeout(WAIT).expect("Felis did not start");
-        Felis {
-            speaker,
-            changes,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Collects `n` best-route changes (or fewer after `within`).
-    fn changes(
-        &mut self,
-        rt: &tokio::runtime::Runtime,
-        n: usize,
-        within: Duration,
-    ) -> Vec<RibChange> {
-        rt.block_on(async {
-            let mut got = Vec::new();
-            let deadline = tokio::time::Instant::now() + within;
-            while got.len() < n {
-                match tokio::time::timeout_at(deadline, self.changes.recv()).await {
-                    Ok(Some(c)) => got.push(c),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            got
-        })
-    }
-
-    fn status(&self, rt: &tokio::runtime::Runtime) -> PeerStatus {
-        rt.block_on(self.speaker.peer_status()).unwrap().remove(0)
-    }
-
-    fn wait_status(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        what: &str,
-        ok: impl Fn(&PeerStatus) -> bool,
-    ) -> PeerStatus {
-        let start = Instant::now();
-        loop {
-            let status = self.status(rt);
-            if ok(&status) {
-                return status;
-            }
-            assert!(start.elapsed() < WAIT, "peer never {what}: {status:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Felis {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+fn start_felis_with(ns: &Netns, passive: bool, password: Option<&str>, bird_asn: u32) -> Felis {
+    let mut config = SpeakerConfig::new(Asn(64512), FELIS_V4.parse().unwrap());
+    config.listen = Some(SocketAddr::new(FELIS_V4.parse().unwrap(), 179));
+    let mut peer = PeerConfig::new(BIRD_V4.parse().unwrap(), Asn(bird_asn));
+    peer.passive = passive;
+    peer.connect_delay = Duration::from_millis(200);
+    peer.connect_retry = Duration::from_secs(2);
+    peer.next_hop_v6 = Some(FELIS_V6.parse().unwrap());
+    peer.password = password.map(|p| Password(p.to_owned()));
+    Felis::spawn(
+        ns,
+        config,
+        vec![peer],
+        vec![
+            "10.65.0.0/26".parse().unwrap(),
+            "2001:db8:65::/64".parse().unwrap(),
+        ],
+    )
 }
 
 fn wait_for_bird_routes(bird: &Bird) -> String {
@@ -425,7 +210,7 @@ fn interop_as(tag: &str, felis_passive: bool, password: Option<&str>, bird_asn: 
     let bgp_extra = password
         .map(|p| format!("password \"{p}\";"))
         .unwrap_or_default();
-    let bird = Bird::start_with(
+    let bird = start_bird_with(
         &topo.bird,
         dir.path(),
         felis_passive,
@@ -433,7 +218,7 @@ fn interop_as(tag: &str, felis_passive: bool, password: Option<&str>, bird_asn: 
         &bgp_extra,
         bird_asn,
     );
-    let mut felis = Felis::start_with(&topo.felis, felis_passive, password, bird_asn);
+    let mut felis = start_felis_with(&topo.felis, felis_passive, password, bird_asn);
     let changes = felis.changes(&rt, 3, WAIT);
     assert_eq!(
         learned(&changes),
@@ -494,8 +279,8 @@ fn bird_crash_keeps_routes_stale_until_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first");
     std::fs::create_dir(&first).unwrap();
-    let mut bird = Bird::start(&topo.bird, &first, false);
-    let mut felis = Felis::start(&topo.felis, false);
+    let mut bird = start_bird(&topo.bird, &first, false);
+    let mut felis = start_felis(&topo.felis, false);
     assert_eq!(
         learned(&felis.changes(&rt, 3, WAIT)),
         bird_routes(),
@@ -516,7 +301,7 @@ fn bird_crash_keeps_routes_stale_until_it_returns() {
     // BIRD comes back, re-announces and sends End-of-RIB: the routes are fresh again.
     let second = dir.path().join("second");
     std::fs::create_dir(&second).unwrap();
-    bird = Bird::start(&topo.bird, &second, false);
+    bird = start_bird(&topo.bird, &second, false);
     let status = felis.wait_status(&rt, "refreshed its routes", |s| {
         s.state == State::Established && s.counters.stale == 0 && s.counters.accepted == 3
     });
@@ -576,7 +361,7 @@ fn bird_sends_one_million_routes() {
     )
     .unwrap();
     // The interop config plus an include of the big static protocol.
-    let bird = Bird::start_with(
+    let bird = start_bird_with(
         &topo.bird,
         dir.path(),
         false,
@@ -586,7 +371,7 @@ fn bird_sends_one_million_routes() {
     );
     let before = resident_bytes();
     let start = Instant::now();
-    let mut felis = Felis::start(&topo.felis, false);
+    let mut felis = start_felis(&topo.felis, false);
     let mut added = 0usize;
     let mut first: Option<Duration> = None;
     while added < count as usize + 3 {

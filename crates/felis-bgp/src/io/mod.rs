@@ -128,6 +128,12 @@ pub struct PeerConfig {
     pub families: Vec<Family>,
     /// Graceful restart time to advertise; `None` omits the capability.
     pub graceful_restart: Option<u16>,
+    /// Advertise that our forwarding state survives a restart of ours (the graceful restart
+    /// F bit). True by default: the routes this node's workloads need are in the kernel and
+    /// stay there when the speaker dies, so a peer keeps our routes (stale) until the new
+    /// speaker's End-of-RIB rather than flushing them when the new session comes up.
+    #[serde(default = "default_true")]
+    pub forwarding_preserved: bool,
     /// Longest we keep a restarting peer's routes (Calico's `maxRestartTime`).
     pub max_restart_time: u16,
     /// The peer is a route-reflector client.
@@ -143,6 +149,11 @@ pub struct PeerConfig {
     /// TCP-MD5 password (RFC 2385). Never logged or serialised.
     #[serde(skip_serializing)]
     pub password: Option<Password>,
+}
+
+/// Serde default of [`PeerConfig::forwarding_preserved`] (configs saved before it existed).
+fn default_true() -> bool {
+    true
 }
 
 /// A TCP-MD5 password; its `Debug` output is redacted so it never reaches a log.
@@ -170,6 +181,7 @@ impl PeerConfig {
             connect_retry: DEFAULT_CONNECT_RETRY,
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
             graceful_restart: Some(DEFAULT_RESTART_TIME),
+            forwarding_preserved: true,
             max_restart_time: DEFAULT_RESTART_TIME,
             rr_client: false,
             next_hop_mode: NextHopMode::Auto,
@@ -191,6 +203,7 @@ impl PeerConfig {
             passive: self.passive,
             families: self.families.clone(),
             graceful_restart: self.graceful_restart,
+            forwarding_preserved: self.forwarding_preserved,
         }
     }
 
@@ -650,5 +663,25 @@ impl Core {
                 let _ = handle.commands.send(PeerCommand::Send(updates));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_config_preserves_forwarding_by_default_and_passes_it_to_the_session() {
+        let speaker = SpeakerConfig::new(Asn(64512), Ipv4Addr::new(192, 0, 2, 1));
+        let mut peer = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), Asn(64512));
+        assert!(peer.forwarding_preserved);
+        assert!(peer.session_config(&speaker).forwarding_preserved);
+        peer.forwarding_preserved = false;
+        assert!(!peer.session_config(&speaker).forwarding_preserved);
+        // A config serialised before the field existed still preserves forwarding.
+        let mut json = serde_json::to_value(&peer).unwrap();
+        json.as_object_mut().unwrap().remove("forwarding_preserved");
+        let old: PeerConfig = serde_json::from_value(json).unwrap();
+        assert!(old.forwarding_preserved);
     }
 }
