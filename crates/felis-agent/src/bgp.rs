@@ -703,7 +703,7 @@ impl BgpDesired {
 /// The speaker calls that take a speaker configured as `old` (`None`: no speaker) to `new`
 /// (`None`: stop it). A change of AS, router id, listen port or cluster id restarts the
 /// speaker; a changed peer is removed and added again; otherwise only the difference is applied:
-/// peers removed, then added; prefixes withdrawn, then announced.
+/// peers removed; prefixes withdrawn, then announced; peers added.
 pub fn plan(old: Option<&BgpDesired>, new: Option<&BgpDesired>) -> Vec<SpeakerCommand> {
     let mut commands = Vec::new();
     let Some(new) = new else {
@@ -739,15 +739,6 @@ pub fn plan(old: Option<&BgpDesired>, new: Option<&BgpDesired>) -> Vec<SpeakerCo
             commands.push(SpeakerCommand::RemovePeer(*address));
         }
     }
-    for (address, peer) in &new.peers {
-        let config = new.peer_config(*address, peer);
-        if old_config(address) != Some((config.clone(), &peer.password)) {
-            commands.push(SpeakerCommand::AddPeer {
-                config,
-                password: peer.password.clone(),
-            });
-        }
-    }
     for prefix in old_exports.keys() {
         if !new.exports.contains_key(prefix) {
             commands.push(SpeakerCommand::Withdraw(*prefix));
@@ -758,6 +749,18 @@ pub fn plan(old: Option<&BgpDesired>, new: Option<&BgpDesired>) -> Vec<SpeakerCo
             commands.push(SpeakerCommand::Originate {
                 prefix: *prefix,
                 next_hop: export.next_hop,
+            });
+        }
+    }
+    // Peers last: a session that comes up right away finds every export in the RIB (an
+    // End-of-RIB sent before the announcements would make graceful-restart peers drop our
+    // stale routes until they arrive).
+    for (address, peer) in &new.peers {
+        let config = new.peer_config(*address, peer);
+        if old_config(address) != Some((config.clone(), &peer.password)) {
+            commands.push(SpeakerCommand::AddPeer {
+                config,
+                password: peer.password.clone(),
             });
         }
     }
