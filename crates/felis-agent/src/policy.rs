@@ -18,13 +18,14 @@ use felis_api::Kind;
 use felis_api::Resource;
 use felis_nft::ApplyStats;
 use felis_nft::PolicyDataplane;
+use felis_nft::Transport;
 use felis_policy::PolicySet;
 use felis_policy::Program;
 
 use crate::sync::Undecodable;
 
 /// The kinds whose resources decide policy (Calico's policy calculation inputs).
-pub const POLICY_KINDS: [Kind; 10] = [
+pub const POLICY_KINDS: [Kind; 11] = [
     Kind::NetworkPolicy,
     Kind::GlobalNetworkPolicy,
     Kind::Tier,
@@ -35,6 +36,7 @@ pub const POLICY_KINDS: [Kind; 10] = [
     Kind::WorkloadEndpoint,
     Kind::K8sNetworkPolicy,
     Kind::Namespace,
+    Kind::FelixConfiguration,
 ];
 
 /// Whether `key` holds a policy-relevant resource.
@@ -185,11 +187,13 @@ impl PolicyState {
                 local.insert(key);
             }
         }
-        let program = set.compile(set.endpoints.iter().filter(|e| {
+        // With this node's host endpoints and FelixConfiguration values (host side).
+        let local_endpoints = set.endpoints.iter().filter(|e| {
             e.namespace
                 .as_ref()
                 .is_some_and(|ns| local.contains(&format!("{ns}/{}", e.name)))
-        }));
+        });
+        let program = set.compile_for_node(local_endpoints, &self.node);
         Ok(DesiredPolicy {
             program,
             interfaces,
@@ -253,7 +257,8 @@ pub struct Applied {
     pub policies: usize,
     /// Compile time, milliseconds.
     pub compile_ms: f64,
-    /// nft transaction time, milliseconds.
+    /// Transaction time (netlink batch, or `nft` for structural changes and resyncs),
+    /// milliseconds.
     pub apply_ms: f64,
     /// Resources left out (key, reason); see [`PolicyState::desired`].
     pub skipped: Vec<(String, String)>,
@@ -281,7 +286,12 @@ impl PolicyPlane {
     pub fn new(node: impl Into<String>) -> PolicyPlane {
         PolicyPlane {
             state: PolicyState::new(node),
-            dataplane: PolicyDataplane::new(),
+            // Deltas of elements and endpoint chains go as one netlink batch (sub-millisecond);
+            // other deltas through a long-lived `nft -i`; resyncs as one `nft -f` transaction.
+            dataplane: PolicyDataplane::with_config(
+                felis_nft::Config::default(),
+                Transport::Netlink,
+            ),
             dirty: true,
             resync: true,
             last_full: None,
@@ -311,7 +321,7 @@ impl PolicyPlane {
     }
 
     /// Compiles and applies when something changed (or a resync is due); `Ok(None)` when there
-    /// was nothing to do. Blocking: it runs `nft`.
+    /// was nothing to do. Blocking: it talks to the kernel (netlink) or runs `nft`.
     pub fn apply(&mut self) -> Result<Option<Applied>, PolicyError> {
         if !self.state.synced() || !(self.dirty || self.resync) {
             return Ok(None);

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use felis_policy::program::Program;
 
 use crate::error::Error;
+use crate::fast;
+use crate::netlink;
+use crate::netlink::NetlinkSession;
 use crate::nft;
 use crate::nft::NftSession;
 use crate::render;
@@ -13,14 +16,17 @@ use crate::render::Config;
 use crate::render::RenderCache;
 use crate::render::Ruleset;
 
-/// How scripts reach the kernel.
+/// How deltas reach the kernel (full resyncs always use one `nft -f -` transaction).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Transport {
     /// A fresh `nft -f -` per transaction (~17–20 ms of process start-up each).
-    #[default]
     ProcessPerApply,
-    /// Deltas through one long-lived `nft -i` process; resyncs still use `nft -f -`.
+    /// Deltas through one long-lived `nft -i` process.
     Persistent,
+    /// Deltas of elements and endpoint chains as one nfnetlink batch on a netlink socket
+    /// (see [`fast::delta_ops`]); other deltas through one long-lived `nft -i` process.
+    #[default]
+    Netlink,
 }
 
 /// The policy dataplane of one host (in the network namespace of the thread that calls it).
@@ -35,12 +41,14 @@ pub struct PolicyDataplane {
     /// What the last successful transaction left in the kernel; `None`: unknown.
     installed: Option<Ruleset>,
     session: Option<NftSession>,
+    /// The netlink socket of [`Transport::Netlink`], opened on first use.
+    netlink: Option<NetlinkSession>,
     /// Rendered chains of the last program, reused for unchanged policies.
     cache: RenderCache,
 }
 
 impl PolicyDataplane {
-    /// A dataplane for `cali*` workload interfaces, one `nft` process per transaction.
+    /// A dataplane for `cali*` workload interfaces, deltas by netlink ([`Transport::Netlink`]).
     pub fn new() -> PolicyDataplane {
         PolicyDataplane::default()
     }
@@ -52,6 +60,7 @@ impl PolicyDataplane {
             transport,
             installed: None,
             session: None,
+            netlink: None,
             cache: RenderCache::default(),
         }
     }
@@ -73,6 +82,28 @@ impl PolicyDataplane {
         let Some(installed) = &self.installed else {
             return self.replace(desired);
         };
+        if self.transport == Transport::Netlink
+            && let Some((ops, mut stats)) = fast::delta_ops(installed, &desired)
+        {
+            if ops.is_empty() {
+                return Ok(stats);
+            }
+            let session = match &mut self.netlink {
+                Some(session) => session,
+                None => self.netlink.insert(NetlinkSession::open()?),
+            };
+            let batch = session.batch(&ops);
+            if batch.bytes().len() <= netlink::MAX_BATCH {
+                self.installed = None;
+                if let Err(e) = session.commit_batch(&batch) {
+                    self.netlink = None;
+                    return Err(e);
+                }
+                stats.script_bytes = batch.bytes().len();
+                self.installed = Some(desired);
+                return Ok(stats);
+            }
+        }
         let (script, stats) = render::delta_script(installed, &desired);
         if script.is_empty() {
             return Ok(stats);
@@ -80,7 +111,7 @@ impl PolicyDataplane {
         self.installed = None;
         match self.transport {
             Transport::ProcessPerApply => nft::apply_script(&script)?,
-            Transport::Persistent => {
+            Transport::Persistent | Transport::Netlink => {
                 let session = match &mut self.session {
                     Some(session) => session,
                     None => self.session.insert(NftSession::start()?),

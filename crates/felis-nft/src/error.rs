@@ -12,6 +12,9 @@ pub enum Error {
     /// `nft` refused a transaction (its message names the line and object).
     #[error("nft refused the transaction: {0}")]
     Refused(String),
+    /// The netlink socket failed (open, send or receive).
+    #[error("netlink socket to nftables failed")]
+    Netlink(#[source] std::io::Error),
     /// Listing table `inet felis` failed.
     #[error("failed to list table inet felis: {0}")]
     List(String),

@@ -6,6 +6,9 @@
 //! - [`PolicyDataplane`] keeps the installed ruleset in memory and sends each change as one
 //!   atomic transaction; [`PolicyDataplane::resync`] replaces all of its objects at once.
 //! - [`nft`] runs the `nft` tool: a process per transaction, or one long-lived `nft -i`.
+//! - [`netlink`] is the hot path: deltas made of set/map elements and endpoint chains
+//!   ([`fast::delta_ops`] decides) go to the kernel as one nfnetlink batch on a
+//!   `NETLINK_NETFILTER` socket, without any process.
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -20,13 +23,17 @@
 //! ```
 //!
 //! Forwarded traffic to and from workload interfaces (prefix `cali`) is filtered; traffic
-//! between other interfaces is untouched. Not rendered yet: host endpoints (`input`/`output`
-//! hooks), workload-to-host traffic, failsafe ports, untracked and pre-DNAT policy.
+//! between other interfaces is untouched unless the program has a host side
+//! ([`felis_policy::program::HostProgram`]): then [`host`] renders host endpoints (input,
+//! output, forward, pre-DNAT and raw hooks), failsafe ports and workload→host traffic.
 //!
 //! [`Program`]: felis_policy::Program
 
 pub mod dataplane;
 pub mod error;
+pub mod fast;
+pub mod host;
+pub mod netlink;
 pub mod nft;
 pub mod render;
 

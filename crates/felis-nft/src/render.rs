@@ -10,7 +10,9 @@
 //!                                                         iifname vmap @pol-from-wl, iifname "cali*" drop
 //! pol-forward-ingress (hook forward, priority filter + 1) ct established/related accept, invalid drop,
 //!                                                         oifname vmap @pol-to-wl, oifname "cali*" drop
-//! fw-<ifname> / tw-<ifname>   per endpoint, egress / ingress: tiers, then profiles, then drop
+//! fw-<hash> / tw-<hash>       endpoint chains, egress / ingress: tiers, then profiles, then drop;
+//!                             one per distinct rule list (a hash of it), shared by every endpoint
+//!                             with the same policies, so most endpoint changes are map elements
 //! pi-<policy> / po-<policy>   policy rules, ingress / egress
 //! pri-<profile> / pro-<profile>  profile rules, ingress / egress
 //! pol-s<id>-4h / -4n / -6h / -6n  IP set <id>: host addresses (hash) and CIDRs (interval)
@@ -34,6 +36,7 @@ use felis_policy::Protocol;
 use felis_policy::TierDefaultAction;
 use felis_policy::program::CompiledRule;
 use felis_policy::program::DirectionProgram;
+use felis_policy::program::EndpointProgram;
 use felis_policy::program::IpSetId;
 use felis_policy::program::Match;
 use felis_policy::program::Program;
@@ -184,7 +187,7 @@ impl ApplyStats {
 
 /// Whether `name` is a chain, set or map this crate owns.
 pub fn is_own(name: &str) -> bool {
-    OWN_PREFIXES.iter().any(|p| name.starts_with(p))
+    OWN_PREFIXES.iter().any(|p| name.starts_with(p)) || crate::host::is_own(name)
 }
 
 /// Rendered policy and profile chains of the previous [`render_cached`], reused when a chain's
@@ -192,45 +195,87 @@ pub fn is_own(name: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct RenderCache {
     chains: BTreeMap<String, CachedChain>,
+    /// Endpoint chains by endpoint key.
+    endpoints: BTreeMap<String, CachedEndpoint>,
+    /// Set numbering of the previous rendering, see [`SetNumbers`]: per chain kind (policy
+    /// ingress and egress, profile ingress and egress), by policy or profile key.
+    set_refs: [BTreeMap<String, Vec<u32>>; 4],
+    /// Every set number the previous rendering used.
+    set_numbers: BTreeSet<u32>,
 }
 
 #[derive(Debug, Clone)]
 struct CachedChain {
-    /// What the chain was rendered from: policy or profile rules, or an endpoint direction.
-    source: ChainSource,
+    /// The policy or profile rules it was rendered from (with the program's set ids then).
+    source: Vec<CompiledRule>,
     /// What else the rendering depended on (sets, policies and profiles present).
     presence: Vec<bool>,
     rendered: Arc<[String]>,
+    /// The set numbers the rules refer to, in order (the rules' own ids are the program's).
+    refs: Vec<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum ChainSource {
-    Rules(Vec<CompiledRule>),
-    Endpoint(DirectionProgram),
+/// One endpoint's two chains (ingress, egress), as rendered for its program.
+#[derive(Debug, Clone)]
+struct CachedEndpoint {
+    ifname: String,
+    program: EndpointProgram,
+    /// Which of the policies and profiles it refers to exist, per direction.
+    presence: [Vec<bool>; 2],
+    rendered: [Arc<[String]>; 2],
+    /// `tw-<hash>` and `fw-<hash>`.
+    names: [String; 2],
 }
 
-/// A [`ChainSource`] borrowed from the program, compared before anything is cloned.
-#[derive(Clone, Copy)]
-enum SourceRef<'a> {
-    Rules(&'a [CompiledRule]),
-    Endpoint(&'a DirectionProgram),
-}
+impl CachedEndpoint {
+    const DIRECTIONS: [(&'static str, &'static str, &'static str); 2] =
+        [("tw-", "pi-", "pri-"), ("fw-", "po-", "pro-")];
 
-impl SourceRef<'_> {
-    fn is(self, owned: &ChainSource) -> bool {
-        match (self, owned) {
-            (SourceRef::Rules(a), ChainSource::Rules(b)) => a == b.as_slice(),
-            (SourceRef::Endpoint(a), ChainSource::Endpoint(b)) => a == b,
-            _ => false,
+    fn render(ifname: &str, endpoint: &EndpointProgram, program: &Program) -> CachedEndpoint {
+        let directions = [&endpoint.ingress, &endpoint.egress];
+        let rendered: [Arc<[String]>; 2] = [0, 1].map(|i| {
+            let (_, policy_prefix, profile_prefix) = CachedEndpoint::DIRECTIONS[i];
+            endpoint_chain(program, directions[i], policy_prefix, profile_prefix).into()
+        });
+        let names = [0, 1].map(|i| {
+            let (prefix, _, _) = CachedEndpoint::DIRECTIONS[i];
+            format!("{prefix}{:016x}", digest(&rendered[i]))
+        });
+        CachedEndpoint {
+            ifname: ifname.to_string(),
+            program: endpoint.clone(),
+            presence: directions.map(|d| presence_of(d, program).collect()),
+            rendered,
+            names,
         }
     }
 
-    fn to_owned(self) -> ChainSource {
-        match self {
-            SourceRef::Rules(rules) => ChainSource::Rules(rules.to_vec()),
-            SourceRef::Endpoint(direction) => ChainSource::Endpoint(direction.clone()),
-        }
+    /// Whether this rendering still holds for `endpoint` in `program`.
+    fn is_current(&self, endpoint: &EndpointProgram, program: &Program) -> bool {
+        self.program == *endpoint
+            && [&endpoint.ingress, &endpoint.egress]
+                .iter()
+                .zip(&self.presence)
+                .all(|(d, stored)| presence_of(d, program).eq(stored.iter().copied()))
     }
+}
+
+/// Which of the policies and profiles `direction` refers to exist in `program`, in order.
+fn presence_of<'a>(
+    direction: &'a DirectionProgram,
+    program: &'a Program,
+) -> impl Iterator<Item = bool> + 'a {
+    direction
+        .tiers
+        .iter()
+        .flat_map(|t| &t.policies)
+        .map(|p| program.policies.contains_key(p))
+        .chain(
+            direction
+                .profiles
+                .iter()
+                .map(|p| program.profiles.contains_key(p)),
+        )
 }
 
 /// Renders `program` for the endpoints in `interfaces` (endpoint key, as in
@@ -256,7 +301,9 @@ pub fn render_cached(
         workload_prefix: config.workload_prefix.clone(),
         ..Ruleset::default()
     };
+    let numbers = SetNumbers::assign(program, cache);
     for (id, nets) in &program.ip_sets {
+        let id = &numbers.get(*id);
         for net in nets {
             let (kind, element) = match net {
                 IpNet::V4(n) if n.prefix_len() == 32 => (SetKind::Hosts4, n.addr().to_string()),
@@ -268,6 +315,7 @@ pub fn render_cached(
         }
     }
     for (id, members) in &program.named_port_sets {
+        let id = &numbers.get(*id);
         for member in members {
             // Named ports belong to endpoint addresses: the host address stands for the net.
             let kind = match member.net {
@@ -291,77 +339,102 @@ pub fn render_cached(
     let presence = SetPresence::of(&ruleset.sets);
     let renderer = RuleRenderer {
         sets: &ruleset.sets,
+        numbers: &numbers,
     };
     let mut previous = std::mem::take(&mut cache.chains);
     let mut chains = BTreeMap::new();
-    let mut cached = |name: String,
-                      source: SourceRef<'_>,
+    // Looks `key` up in the previous rendering; renders again when what it depends on changed.
+    let mut cached = |key: String,
+                      rules: &[CompiledRule],
                       presence: Vec<bool>,
-                      render: &dyn Fn() -> Vec<String>| {
-        let entry = match previous.remove(&name) {
-            Some(hit) if hit.presence == presence && source.is(&hit.source) => hit,
+                      render: &dyn Fn() -> Vec<String>|
+     -> Arc<[String]> {
+        let refs = numbers.refs(rules);
+        let entry = match previous.remove(&key) {
+            Some(hit)
+                if hit.presence == presence
+                    && hit.refs == refs
+                    && hit.source.len() == rules.len()
+                    && hit
+                        .source
+                        .iter()
+                        .zip(rules)
+                        .all(|(a, b)| same_but_set_ids(a, b)) =>
+            {
+                hit
+            }
             _ => CachedChain {
-                source: source.to_owned(),
+                source: rules.to_vec(),
                 presence,
                 rendered: render().into(),
+                refs,
             },
         };
-        chains.insert(name.clone(), entry.rendered.clone());
-        cache.chains.insert(name, entry);
+        let rendered = entry.rendered.clone();
+        cache.chains.insert(key, entry);
+        rendered
     };
     for (key, policy) in &program.policies {
         for (prefix, rules) in [("pi-", &policy.ingress), ("po-", &policy.egress)] {
-            cached(
-                object_name(prefix, key),
-                SourceRef::Rules(rules),
-                presence.signature(rules),
+            let name = object_name(prefix, key);
+            let rendered = cached(
+                name.clone(),
+                rules,
+                presence.signature(rules, &numbers),
                 &|| renderer.rules(rules, PassStyle::MarkAndReturn),
             );
+            chains.insert(name, rendered);
         }
     }
     for (name, profile) in &program.profiles {
         for (prefix, rules) in [("pri-", &profile.ingress), ("pro-", &profile.egress)] {
-            cached(
-                object_name(prefix, name),
-                SourceRef::Rules(rules),
-                presence.signature(rules),
+            let name = object_name(prefix, name);
+            let rendered = cached(
+                name.clone(),
+                rules,
+                presence.signature(rules, &numbers),
                 &|| renderer.rules(rules, PassStyle::Return),
             );
+            chains.insert(name, rendered);
         }
     }
+    // Endpoint chains are shared by every endpoint whose rules are the same: named after a hash
+    // of their rules, so a new endpoint like an existing one only needs verdict-map elements.
+    // The previous endpoints are walked in step with the program's (both sorted by key).
+    let mut shared: BTreeMap<String, Arc<[String]>> = BTreeMap::new();
+    let mut previous_endpoints = std::mem::take(&mut cache.endpoints).into_iter().peekable();
+    let mut endpoints = Vec::with_capacity(program.endpoints.len());
+    let mut to_workload = Vec::with_capacity(program.endpoints.len());
+    let mut from_workload = Vec::with_capacity(program.endpoints.len());
+    let mut interface_entries = interfaces.iter().peekable();
     for (key, endpoint) in &program.endpoints {
-        let Some(ifname) = interfaces.get(key) else {
+        while interface_entries.next_if(|(k, _)| *k < key).is_some() {}
+        let Some((_, ifname)) = interface_entries.next_if(|(k, _)| *k == key) else {
             continue;
         };
-        let ingress = object_name("tw-", ifname);
-        let egress = object_name("fw-", ifname);
-        for (name, direction, policy_prefix, profile_prefix) in [
-            (&ingress, &endpoint.ingress, "pi-", "pri-"),
-            (&egress, &endpoint.egress, "po-", "pro-"),
-        ] {
-            let exists = direction
-                .tiers
-                .iter()
-                .flat_map(|t| &t.policies)
-                .map(|p| program.policies.contains_key(p))
-                .chain(
-                    direction
-                        .profiles
-                        .iter()
-                        .map(|p| program.profiles.contains_key(p)),
-                )
-                .collect();
-            cached(
-                name.clone(),
-                SourceRef::Endpoint(direction),
-                exists,
-                &|| endpoint_chain(program, direction, policy_prefix, profile_prefix),
-            );
-        }
-        ruleset.to_workload.insert(ifname.clone(), ingress);
-        ruleset.from_workload.insert(ifname.clone(), egress);
+        while previous_endpoints.next_if(|(k, _)| k < key).is_some() {}
+        let hit = previous_endpoints
+            .next_if(|(k, _)| k == key)
+            .filter(|(_, c)| c.ifname == *ifname && c.is_current(endpoint, program));
+        let (key, entry) = match hit {
+            Some(hit) => hit,
+            None => (
+                key.clone(),
+                CachedEndpoint::render(ifname, endpoint, program),
+            ),
+        };
+        let [ingress, egress] =
+            [0, 1].map(|i| shared_chain_name(&entry.names[i], &entry.rendered[i], &mut shared));
+        to_workload.push((ifname.clone(), ingress));
+        from_workload.push((ifname.clone(), egress));
+        endpoints.push((key, entry));
     }
+    cache.endpoints = endpoints.into_iter().collect();
+    ruleset.to_workload = to_workload.into_iter().collect();
+    ruleset.from_workload = from_workload.into_iter().collect();
+    chains.extend(shared);
     ruleset.chains = chains;
+    crate::host::render_into(program, interfaces, &mut ruleset);
     ruleset
 }
 
@@ -424,6 +497,7 @@ pub fn full_script(ruleset: &Ruleset, existing: &[String]) -> (String, ApplyStat
         ];
         add_rules(&mut s, chain, &rules);
     }
+    crate::host::add_base_chains(&mut s, ruleset);
     stats.script_bytes = s.len();
     (s, stats)
 }
@@ -491,6 +565,7 @@ pub fn delta_script(old: &Ruleset, new: &Ruleset) -> (String, ApplyStats) {
         let fresh = desired.iter().filter(|(k, v)| installed.get(*k) != Some(v));
         stats.map_changes += add_map_elements(&mut s, map, fresh);
     }
+    crate::host::delta_base_chains(&mut s, old, new);
     // 4. Removed chains: empty them all first (they may jump to each other), then delete.
     let removed_chains: Vec<&String> = old
         .chains
@@ -530,6 +605,45 @@ pub fn object_name(prefix: &str, key: &str) -> String {
         });
         format!("{prefix}h{hash:016x}")
     }
+}
+
+/// The name of the shared endpoint chain with `rules` (entered into `shared` if new): `base`
+/// (prefix and a hash of the rules), suffixed on the (astronomically unlikely) collision.
+fn shared_chain_name(
+    base: &str,
+    rules: &Arc<[String]>,
+    shared: &mut BTreeMap<String, Arc<[String]>>,
+) -> String {
+    if let Some(existing) = shared.get(base)
+        && (Arc::ptr_eq(existing, rules) || existing == rules)
+    {
+        return base.to_string();
+    }
+    let mut name = base.to_string();
+    let mut n = 0u32;
+    loop {
+        match shared.get(&name) {
+            None => {
+                shared.insert(name.clone(), rules.clone());
+                return name;
+            }
+            Some(existing) if Arc::ptr_eq(existing, rules) || existing == rules => return name,
+            Some(_) => {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+        }
+    }
+}
+
+/// FNV-1a, 64 bits, over the rules and their separators: stable across runs and builds.
+fn digest(rules: &[String]) -> u64 {
+    rules
+        .iter()
+        .flat_map(|r| r.bytes().chain([b'\n']))
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// The nft keyword for one of our set or map names.
@@ -715,16 +829,18 @@ impl SetPresence {
     }
 
     /// What rendering `rules` depends on besides the rules themselves.
-    fn signature(&self, rules: &[CompiledRule]) -> Vec<bool> {
+    fn signature(&self, rules: &[CompiledRule], numbers: &SetNumbers) -> Vec<bool> {
         let mut signature = Vec::new();
         for m in rules.iter().flat_map(|r| &r.matches) {
             match m {
                 Match::Set { set, .. } => {
-                    signature.extend(self.ip.get(set).copied().unwrap_or_default());
+                    let set = numbers.get(*set);
+                    signature.extend(self.ip.get(&set).copied().unwrap_or_default());
                 }
                 Match::Ports { named, .. } => {
                     for id in named {
-                        signature.extend(self.named.get(id).copied().unwrap_or_default());
+                        let id = numbers.get(*id);
+                        signature.extend(self.named.get(&id).copied().unwrap_or_default());
                     }
                 }
                 _ => {}
@@ -732,6 +848,164 @@ impl SetPresence {
         }
         signature
     }
+}
+
+/// Stable set numbers: the number in a set's name (`pol-s<n>-4h`), by the program's
+/// [`IpSetId`].
+///
+/// The program numbers sets in the order compilation first meets them, which shifts when an
+/// endpoint early in that order changes (a pod deleted or relabelled), renaming most sets and
+/// rewriting most policy chains. Instead a set keeps the number the previous rendering gave the
+/// set at the same place (policy or profile chain, and position among the chain's set
+/// references); a set with no such number keeps its program id when that is free, else gets
+/// an unused one.
+#[derive(Debug, Clone, Default)]
+struct SetNumbers {
+    /// By program id; `None`: the program id itself.
+    numbers: Vec<Option<u32>>,
+}
+
+impl SetNumbers {
+    fn get(&self, id: IpSetId) -> IpSetId {
+        let number = usize::try_from(id.0)
+            .ok()
+            .and_then(|i| self.numbers.get(i).copied().flatten());
+        IpSetId(number.unwrap_or(id.0))
+    }
+
+    /// The set numbers `rules` refer to, in order.
+    fn refs(&self, rules: &[CompiledRule]) -> Vec<u32> {
+        set_references(rules).map(|id| self.get(id).0).collect()
+    }
+
+    /// Numbers the sets of `program`, and records them in `cache` for the next rendering.
+    fn assign(program: &Program, cache: &mut RenderCache) -> SetNumbers {
+        let ids = program
+            .ip_sets
+            .keys()
+            .chain(program.named_port_sets.keys())
+            .filter_map(|id| usize::try_from(id.0).ok());
+        let size = ids.max().map_or(0, |m| m + 1);
+        let mut numbers: Vec<Option<u32>> = vec![None; size];
+        let mut taken: BTreeSet<u32> = BTreeSet::new();
+        let chains = || {
+            let policies = program
+                .policies
+                .iter()
+                .flat_map(|(key, p)| [(0, key, &p.ingress), (1, key, &p.egress)]);
+            let profiles = program
+                .profiles
+                .iter()
+                .flat_map(|(key, p)| [(2, key, &p.ingress), (3, key, &p.egress)]);
+            policies.chain(profiles)
+        };
+        // 1. The number the previous rendering gave the same reference.
+        for (kind, key, rules) in chains() {
+            let Some(previous) = cache.set_refs[kind].get(key) else {
+                continue;
+            };
+            for (id, number) in set_references(rules).zip(previous) {
+                let Some(slot) = usize::try_from(id.0).ok().and_then(|i| numbers.get_mut(i)) else {
+                    continue;
+                };
+                if slot.is_none() && !taken.contains(number) {
+                    *slot = Some(*number);
+                    taken.insert(*number);
+                }
+            }
+        }
+        // 2. Its own id when free, 3. else a number nobody used.
+        let mut next = taken
+            .iter()
+            .chain(cache.set_numbers.iter())
+            .max()
+            .map_or(0, |m| m.saturating_add(1))
+            .max(u32::try_from(size).unwrap_or(u32::MAX));
+        let mut own = Vec::new();
+        for (i, slot) in numbers.iter().enumerate() {
+            if slot.is_none() {
+                own.push(i);
+            }
+        }
+        for i in own {
+            let id = u32::try_from(i).unwrap_or(u32::MAX);
+            let number = if taken.contains(&id) {
+                next = next.saturating_add(1);
+                next - 1
+            } else {
+                id
+            };
+            taken.insert(number);
+            if let Some(slot) = numbers.get_mut(i) {
+                *slot = Some(number);
+            }
+        }
+        let numbering = SetNumbers { numbers };
+        let mut previous = std::mem::take(&mut cache.set_refs);
+        for (kind, key, rules) in chains() {
+            let refs = numbering.refs(rules);
+            match previous[kind].remove_entry(key.as_str()) {
+                Some((key, old)) if old == refs => cache.set_refs[kind].insert(key, old),
+                Some((key, _)) => cache.set_refs[kind].insert(key, refs),
+                None => cache.set_refs[kind].insert(key.clone(), refs),
+            };
+        }
+        cache.set_numbers = taken;
+        numbering
+    }
+}
+
+/// The set ids `rules` refer to, in order.
+fn set_references(rules: &[CompiledRule]) -> impl Iterator<Item = IpSetId> + '_ {
+    rules
+        .iter()
+        .flat_map(|r| &r.matches)
+        .flat_map(|m| match m {
+            Match::Set { set, .. } => std::slice::from_ref(set),
+            Match::Ports { named, .. } => named.as_slice(),
+            _ => &[],
+        })
+        .copied()
+}
+
+/// Whether two rules are equal but for the ids of the sets they refer to.
+fn same_but_set_ids(a: &CompiledRule, b: &CompiledRule) -> bool {
+    a.action == b.action
+        && a.matches.len() == b.matches.len()
+        && a.matches.iter().zip(&b.matches).all(|pair| match pair {
+            (
+                Match::Set {
+                    side: side_a,
+                    negated: negated_a,
+                    ..
+                },
+                Match::Set {
+                    side: side_b,
+                    negated: negated_b,
+                    ..
+                },
+            ) => side_a == side_b && negated_a == negated_b,
+            (
+                Match::Ports {
+                    side: side_a,
+                    ranges: ranges_a,
+                    named: named_a,
+                    negated: negated_a,
+                },
+                Match::Ports {
+                    side: side_b,
+                    ranges: ranges_b,
+                    named: named_b,
+                    negated: negated_b,
+                },
+            ) => {
+                side_a == side_b
+                    && ranges_a == ranges_b
+                    && named_a.len() == named_b.len()
+                    && negated_a == negated_b
+            }
+            (a, b) => a == b,
+        })
 }
 
 /// How a Pass rule is rendered.
@@ -745,6 +1019,7 @@ enum PassStyle {
 
 struct RuleRenderer<'a> {
     sets: &'a BTreeMap<String, NftSet>,
+    numbers: &'a SetNumbers,
 }
 
 impl RuleRenderer<'_> {
@@ -907,7 +1182,7 @@ impl RuleRenderer<'_> {
                 };
                 let present: Vec<String> = kinds
                     .iter()
-                    .map(|k| ip_set_name(*set, *k))
+                    .map(|k| ip_set_name(self.numbers.get(*set), *k))
                     .filter(|n| self.sets.contains_key(n))
                     .collect();
                 let address = address(family, *side);
@@ -952,7 +1227,7 @@ impl RuleRenderer<'_> {
                         };
                         named
                             .iter()
-                            .map(|id| named_port_set_name(*id, kind))
+                            .map(|id| named_port_set_name(self.numbers.get(*id), kind))
                             .filter(|n| self.sets.contains_key(n))
                             .collect()
                     }
@@ -961,9 +1236,15 @@ impl RuleRenderer<'_> {
                 let tuple = family
                     .map(|f| format!("{} . meta l4proto . {port}", address(f, *side)))
                     .unwrap_or_default();
-                let guard = format!("meta l4proto {PORT_PROTOCOLS}");
+                // Ports exist only for these protocols; a rule that already matches one of them
+                // needs no guard (which nft would make an anonymous set per rule, and the kernel
+                // numbers anonymous sets by scanning the table: quadratic at 10k rules).
+                let guard = match protocol {
+                    Some(p) if PORT_PROTOCOL_NUMBERS.contains(&p.0) => None,
+                    _ => Some(format!("meta l4proto {PORT_PROTOCOLS}")),
+                };
                 if *negated {
-                    let mut all = vec![guard];
+                    let mut all: Vec<String> = guard.into_iter().collect();
                     if !ranges.is_empty() {
                         all.push(format!("{port} != {{ {} }}", ranges.join(", ")));
                     }
@@ -980,8 +1261,9 @@ impl RuleRenderer<'_> {
                         |text| Fragment::new(text, Protocols::only(&PORT_PROTOCOL_NUMBERS));
                     let mut alternatives = Vec::new();
                     if !ranges.is_empty() {
+                        let guard = guard.map(|g| format!("{g} ")).unwrap_or_default();
                         alternatives.push(with_ports(format!(
-                            "{guard} {port} {{ {} }}",
+                            "{guard}{port} {{ {} }}",
                             ranges.join(", ")
                         )));
                     }
@@ -1271,14 +1553,14 @@ mod tests {
 set pol-s0-4h Hosts4 10.0.0.1
 set pol-s0-4n Nets4 10.1.0.0/16
 set pol-s0-6h Hosts6 fd00::1
-chain fw-cali1
+chain fw-f3f464e45ba0b1a2
   meta mark set meta mark & 0xffefffff
   jump pro-kns.prod
   drop
 chain pi-prod/web
-  meta nfproto ipv4 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
+  meta nfproto ipv4 meta l4proto 6 th dport { 80, 8000-8100 } accept
   meta nfproto ipv4 meta l4proto 6 ip daddr . meta l4proto . th dport @pol-np1-4 accept
-  meta nfproto ipv6 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
+  meta nfproto ipv6 meta l4proto 6 th dport { 80, 8000-8100 } accept
   meta nfproto ipv4 ip saddr != { 192.168.0.0/16 } drop
 chain pi-security
   meta nfproto ipv4 meta l4proto 1 icmp type 8 icmp code 0 log prefix "calico-packet: "
@@ -1293,7 +1575,7 @@ chain pri-kns.prod
   accept
 chain pro-kns.prod
   return
-chain tw-cali1
+chain tw-35344ea6194e2f6c
   meta mark set meta mark & 0xffefffff
   jump pi-security
   meta mark & 0x00100000 == 0 drop
@@ -1303,8 +1585,8 @@ chain tw-cali1
   meta mark set meta mark & 0xffefffff
   jump pri-kns.prod
   drop
-from cali1 -> fw-cali1
-to cali1 -> tw-cali1
+from cali1 -> fw-f3f464e45ba0b1a2
+to cali1 -> tw-35344ea6194e2f6c
 "#;
 
     #[test]
@@ -1356,7 +1638,7 @@ to cali1 -> tw-cali1
             position("add set inet felis pol-s0-4h") < position("add rule inet felis pi-security")
         );
         assert!(
-            position("add chain inet felis tw-cali1\n")
+            position("add chain inet felis tw-35344ea6194e2f6c\n")
                 < position("add element inet felis pol-to-wl")
         );
         assert!(script.contains("add rule inet felis pol-forward-ingress oifname \"cali*\" drop"));
@@ -1386,48 +1668,161 @@ to cali1 -> tw-cali1
         new_ifaces.insert("prod/no-interface".to_string(), "cali2".to_string());
         let new = render(&changed, &new_ifaces, &Config::default());
         let (script, stats) = delta_script(&old, &new);
+        // cali2's endpoint program equals cali1's: it shares its chains (map elements only).
         let expected = "\
 add element inet felis pol-s0-4h { 10.0.0.9 }
-add chain inet felis fw-cali2
-add chain inet felis tw-cali2
-add rule inet felis fw-cali2 meta mark set meta mark & 0xffefffff
-add rule inet felis fw-cali2 jump pro-kns.prod
-add rule inet felis fw-cali2 drop
 flush chain inet felis pi-prod/web
-add rule inet felis pi-prod/web meta nfproto ipv4 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
-add rule inet felis pi-prod/web meta nfproto ipv6 meta l4proto 6 meta l4proto { 6, 17, 132, 136 } th dport { 80, 8000-8100 } accept
+add rule inet felis pi-prod/web meta nfproto ipv4 meta l4proto 6 th dport { 80, 8000-8100 } accept
+add rule inet felis pi-prod/web meta nfproto ipv6 meta l4proto 6 th dport { 80, 8000-8100 } accept
 add rule inet felis pi-prod/web meta nfproto ipv4 ip saddr != { 192.168.0.0/16 } drop
 flush chain inet felis pi-security
 add rule inet felis pi-security meta nfproto ipv4 meta l4proto 1 icmp type 8 icmp code 0 log prefix \"calico-packet: \"
 add rule inet felis pi-security meta nfproto ipv6 meta l4proto 58 icmpv6 type 8 icmpv6 code 0 log prefix \"calico-packet: \"
 add rule inet felis pi-security meta nfproto ipv4 ip saddr @pol-s0-4h meta mark set meta mark | 0x00100000 return
 add rule inet felis pi-security meta nfproto ipv6 ip6 saddr @pol-s0-6h meta mark set meta mark | 0x00100000 return
-add rule inet felis tw-cali2 meta mark set meta mark & 0xffefffff
-add rule inet felis tw-cali2 jump pi-security
-add rule inet felis tw-cali2 meta mark & 0x00100000 == 0 drop
-add rule inet felis tw-cali2 meta mark set meta mark & 0xffefffff
-add rule inet felis tw-cali2 jump pi-prod/web
-add rule inet felis tw-cali2 meta mark & 0x00100000 == 0 drop
-add rule inet felis tw-cali2 meta mark set meta mark & 0xffefffff
-add rule inet felis tw-cali2 jump pri-kns.prod
-add rule inet felis tw-cali2 drop
-add element inet felis pol-from-wl { \"cali2\" : goto fw-cali2 }
-add element inet felis pol-to-wl { \"cali2\" : goto tw-cali2 }
+add element inet felis pol-from-wl { \"cali2\" : goto fw-f3f464e45ba0b1a2 }
+add element inet felis pol-to-wl { \"cali2\" : goto tw-35344ea6194e2f6c }
 delete set inet felis pol-np1-4
 delete set inet felis pol-s0-4n
 ";
         assert_eq!(script, expected, "got:\n{script}");
         assert_eq!(stats.elements_added, 1);
-        assert_eq!(stats.chains_added, 2);
+        assert_eq!(stats.chains_added, 0);
         assert_eq!(stats.chains_replaced, 2);
         assert_eq!(stats.sets_removed, 2);
         assert_eq!(stats.map_changes, 2);
     }
 
     #[test]
+    fn endpoints_share_chains_exactly_when_their_rules_are_equal() {
+        let mut program = program();
+        let mut other = program.endpoints["prod/web-1"].clone();
+        other.ingress.tiers.clear();
+        program.endpoints.insert("prod/other".to_string(), other);
+        let mut interfaces = interfaces();
+        interfaces.insert("prod/no-interface".to_string(), "cali2".to_string());
+        interfaces.insert("prod/other".to_string(), "cali3".to_string());
+        let ruleset = render(&program, &interfaces, &Config::default());
+        let to = &ruleset.to_workload;
+        let from = &ruleset.from_workload;
+        assert_eq!(to["cali1"], to["cali2"]);
+        assert_ne!(to["cali1"], to["cali3"]);
+        assert_eq!(from["cali1"], from["cali3"], "egress programs are equal");
+        let endpoint_chains = ruleset
+            .chains
+            .keys()
+            .filter(|n| n.starts_with("tw-") || n.starts_with("fw-"))
+            .count();
+        assert_eq!(endpoint_chains, 3);
+        assert_eq!(
+            ruleset.chains[&to["cali3"]].as_ref(),
+            [
+                "meta mark set meta mark & 0xffefffff",
+                "jump pri-kns.prod",
+                "drop"
+            ]
+        );
+        // A cached rendering names them the same.
+        let mut cache = RenderCache::default();
+        render_cached(&program, &interfaces, &Config::default(), &mut cache);
+        let again = render_cached(&program, &interfaces, &Config::default(), &mut cache);
+        assert_eq!(again, ruleset);
+    }
+
+    /// The program with set ids 0 and 1 swapped, as a compile in another order numbers them.
+    fn renumbered(program: &Program) -> Program {
+        let swap = |id: &mut IpSetId| {
+            *id = IpSetId(match id.0 {
+                0 => 1,
+                1 => 0,
+                n => n,
+            })
+        };
+        let mut p = program.clone();
+        p.ip_sets = program
+            .ip_sets
+            .iter()
+            .map(|(id, nets)| {
+                let mut id = *id;
+                swap(&mut id);
+                (id, nets.clone())
+            })
+            .collect();
+        p.named_port_sets = program
+            .named_port_sets
+            .iter()
+            .map(|(id, members)| {
+                let mut id = *id;
+                swap(&mut id);
+                (id, members.clone())
+            })
+            .collect();
+        for policy in p.policies.values_mut() {
+            for rule in policy.ingress.iter_mut().chain(policy.egress.iter_mut()) {
+                for m in &mut rule.matches {
+                    match m {
+                        Match::Set { set, .. } => swap(set),
+                        Match::Ports { named, .. } => named.iter_mut().for_each(swap),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn sets_keep_their_names_when_the_program_renumbers_them() {
+        let mut cache = RenderCache::default();
+        let first = render_cached(&program(), &interfaces(), &Config::default(), &mut cache);
+        assert_eq!(first, render(&program(), &interfaces(), &Config::default()));
+        let swapped = renumbered(&program());
+        let fresh = render(&swapped, &interfaces(), &Config::default());
+        assert!(
+            fresh.sets.contains_key("pol-s1-4h"),
+            "the program's own ids"
+        );
+        let second = render_cached(&swapped, &interfaces(), &Config::default(), &mut cache);
+        assert_eq!(second, first, "same names, same chains: an empty delta");
+        for (a, b) in first.chains.values().zip(second.chains.values()) {
+            assert!(Arc::ptr_eq(a, b), "served from the cache");
+        }
+        // A new set keeps its program id when no other set holds that number.
+        let mut grown = swapped.clone();
+        grown.ip_sets.insert(IpSetId(2), vec![net("10.9.0.1/32")]);
+        if let Some(web) = grown.policies.get_mut("prod/web") {
+            web.egress = vec![rule(
+                Action::Deny,
+                vec![Match::Set {
+                    side: Side::Destination,
+                    set: IpSetId(2),
+                    negated: false,
+                }],
+            )];
+        }
+        let third = render_cached(&grown, &interfaces(), &Config::default(), &mut cache);
+        let names: Vec<&String> = third.sets.keys().collect();
+        assert_eq!(
+            names,
+            [
+                "pol-np1-4",
+                "pol-s0-4h",
+                "pol-s0-4n",
+                "pol-s0-6h",
+                "pol-s2-4h"
+            ]
+        );
+        assert_eq!(
+            third.chains["po-prod/web"].as_ref(),
+            ["meta nfproto ipv4 ip daddr @pol-s2-4h drop"]
+        );
+    }
+
+    #[test]
     fn negated_matches_expand_to_alternatives() {
         let renderer = RuleRenderer {
             sets: &BTreeMap::new(),
+            numbers: &SetNumbers::default(),
         };
         let rules = renderer.rule(
             &rule(
@@ -1509,13 +1904,14 @@ delete set inet felis pol-s0-4n
         let second = render_cached(&changed, &interfaces(), &Config::default(), &mut cache);
         assert_eq!(second, render(&changed, &interfaces(), &Config::default()));
         assert_ne!(first.chains["pi-security"], second.chains["pi-security"]);
-        assert_eq!(cache.chains.len(), 8);
+        assert_eq!((cache.chains.len(), cache.endpoints.len()), (6, 1));
     }
 
     #[test]
     fn icmp_rules_render_only_for_their_protocol_family() {
         let renderer = RuleRenderer {
             sets: &BTreeMap::new(),
+            numbers: &SetNumbers::default(),
         };
         let icmp = |protocol, negated| {
             rule(

@@ -3,8 +3,7 @@
 //!
 //! - `NetworkPolicy`/`GlobalNetworkPolicy`: tier (default `default`), order, selectors, types,
 //!   rules; names kept as stored (`<tier>.<name>` outside the default tier, `default.` optional
-//!   inside it). `preDNAT` and `doNotTrack` policies are left out: they never apply to
-//!   workload traffic, and the engine does not model the raw and pre-DNAT hooks.
+//!   inside it).
 //! - `networking.k8s.io/v1` `NetworkPolicy`: through [`crate::k8s`] (`knp.default.<name>`, order
 //!   1000, tier `default`).
 //! - `Tier`, `NetworkSet`, `GlobalNetworkSet` one to one.
@@ -18,7 +17,13 @@
 //! - `WorkloadEndpoint`: labels, `ipNetworks`, named `ports`, `profiles` (a `k8s` endpoint that
 //!   lists none gets `kns.<ns>`, and `ksa.<ns>.<sa>` is appended when it has a service account),
 //!   orchestrator, service account, pod/workload name.
-//! - `HostEndpoint`: labels, `expectedIPs` (as /32 and /128), named ports, profiles.
+//! - `HostEndpoint`: labels, `expectedIPs` (as /32 and /128), named ports, profiles, node and
+//!   `interfaceName`. GlobalNetworkPolicies select them; NetworkPolicies never do.
+//! - `GlobalNetworkPolicy` `preDNAT`, `doNotTrack` and `applyOnForward` are kept: those
+//!   policies only ever apply to host endpoints ([`crate::host`]).
+//! - `FelixConfiguration`: `defaultEndpointToHostAction` and the failsafe ports of `default`,
+//!   and per node those of `node.<name>` over them ([`PolicySet::host_config`]). `Node`: BGP addresses and
+//!   `spec.addresses`, so a node's address stands for that host.
 //! - `projectcalico-default-allow`, Calico's built-in allow-all profile, exists unless stored.
 //!
 //! Rules with a `services` match are refused (the engine cannot resolve Services); `http`
@@ -33,11 +38,15 @@ use ipnet::IpNet;
 
 use crate::engine::PolicySet;
 use crate::error::Error;
+use crate::host::EndpointToHostAction;
+use crate::host::FailsafePort;
+use crate::host::HostPolicyConfig;
 use crate::k8s::NetworkPolicy as K8sPolicy;
 use crate::model::Action;
 use crate::model::Direction;
 use crate::model::Endpoint;
 use crate::model::EntityRule;
+use crate::model::HostInterface;
 use crate::model::IcmpMatch;
 use crate::model::IpVersion;
 use crate::model::LABEL_NAME;
@@ -68,6 +77,8 @@ impl PolicySet {
         let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
         let mut stored_profiles: BTreeMap<String, Profile> = BTreeMap::new();
         let mut endpoints = Vec::new();
+        let mut felix: BTreeMap<String, &felis_api::felix::FelixConfigurationSpec> =
+            BTreeMap::new();
         for resource in resources {
             match resource {
                 Resource::NetworkPolicy(p) => {
@@ -88,13 +99,13 @@ impl PolicySet {
                         types: s.types.iter().map(|t| direction(*t)).collect(),
                         ingress: conv.rules(&s.ingress, "spec.ingress")?,
                         egress: conv.rules(&s.egress, "spec.egress")?,
+                        apply_on_forward: false,
+                        pre_dnat: false,
+                        do_not_track: false,
                     });
                 }
                 Resource::GlobalNetworkPolicy(p) => {
                     let s = &p.spec;
-                    if s.pre_dnat || s.do_not_track {
-                        continue;
-                    }
                     let what = describe("GlobalNetworkPolicy", resource);
                     let conv = Converter { resource: &what };
                     set.add_policy(Policy {
@@ -112,6 +123,9 @@ impl PolicySet {
                         types: s.types.iter().map(|t| direction(*t)).collect(),
                         ingress: conv.rules(&s.ingress, "spec.ingress")?,
                         egress: conv.rules(&s.egress, "spec.egress")?,
+                        apply_on_forward: s.apply_on_forward,
+                        pre_dnat: s.pre_dnat,
+                        do_not_track: s.do_not_track,
                     });
                 }
                 Resource::K8sNetworkPolicy(p) => {
@@ -176,7 +190,26 @@ impl PolicySet {
                 }
                 Resource::WorkloadEndpoint(w) => endpoints.push(workload_endpoint(resource, w)),
                 Resource::HostEndpoint(h) => endpoints.push(host_endpoint(h)),
+                Resource::FelixConfiguration(f) => {
+                    felix.insert(f.metadata.name.clone(), &f.spec);
+                }
+                Resource::Node(n) => {
+                    let addresses = node_addresses(n);
+                    if !addresses.is_empty() {
+                        set.nodes.insert(n.metadata.name.clone(), addresses);
+                    }
+                }
                 _ => {}
+            }
+        }
+
+        // FelixConfiguration: `node.<name>` fields over `default` fields over Felix's defaults.
+        let default = felix.get("default").copied();
+        set.host = host_config(default, None);
+        for (name, spec) in &felix {
+            if let Some(node) = name.strip_prefix("node.") {
+                set.host_by_node
+                    .insert(node.to_string(), host_config(default, Some(spec)));
             }
         }
 
@@ -330,6 +363,8 @@ fn workload_endpoint(resource: &Resource, w: &felis_api::WorkloadEndpoint) -> En
         service_account,
         orchestrator,
         workload: non_empty(&s.pod).or_else(|| non_empty(&s.workload)),
+        node: non_empty(&s.node),
+        host_endpoint: None,
     }
 }
 
@@ -349,7 +384,77 @@ fn host_endpoint(h: &felis_api::HostEndpoint) -> Endpoint {
         service_account: None,
         orchestrator: None,
         workload: None,
+        node: Some(s.node.clone()),
+        host_endpoint: Some(HostInterface {
+            interface_name: s.interface_name.clone(),
+        }),
     }
+}
+
+/// The FelixConfiguration values host policy uses: `node`'s (a `node.<name>` spec) over
+/// `default`'s; unset ones take Felix's defaults.
+fn host_config(
+    default: Option<&felis_api::felix::FelixConfigurationSpec>,
+    node: Option<&felis_api::felix::FelixConfigurationSpec>,
+) -> HostPolicyConfig {
+    let specs = [node, default];
+    let failsafe = |field: fn(
+        &felis_api::felix::FelixConfigurationSpec,
+    ) -> &Option<Vec<felis_api::felix::ProtoPort>>,
+                    fallback: fn() -> Vec<FailsafePort>| {
+        match specs.iter().flatten().find_map(|s| field(s).as_ref()) {
+            None => fallback(),
+            Some(ports) => ports
+                .iter()
+                .map(|p| FailsafePort {
+                    protocol: protocol(p.protocol),
+                    port: p.port,
+                    net: p
+                        .net
+                        .parse::<IpNet>()
+                        .ok()
+                        .or_else(|| p.net.parse::<std::net::IpAddr>().ok().map(IpNet::from)),
+                })
+                .collect(),
+        }
+    };
+    let action = specs
+        .iter()
+        .flatten()
+        .find_map(|s| s.default_endpoint_to_host_action);
+    HostPolicyConfig {
+        default_endpoint_to_host_action: match action {
+            None | Some(felis_api::felix::EndpointToHostAction::Drop) => EndpointToHostAction::Drop,
+            Some(felis_api::felix::EndpointToHostAction::Accept) => EndpointToHostAction::Accept,
+            Some(felis_api::felix::EndpointToHostAction::Return) => EndpointToHostAction::Return,
+        },
+        failsafe_inbound: failsafe(
+            |s| &s.failsafe_inbound_host_ports,
+            HostPolicyConfig::default_inbound,
+        ),
+        failsafe_outbound: failsafe(
+            |s| &s.failsafe_outbound_host_ports,
+            HostPolicyConfig::default_outbound,
+        ),
+    }
+}
+
+/// A node's addresses: BGP IPv4/IPv6 addresses and `spec.addresses`.
+fn node_addresses(node: &felis_api::Node) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    if let Some(bgp) = &node.spec.bgp {
+        out.extend(bgp.ipv4_address.iter().map(IpNet::addr));
+        out.extend(bgp.ipv6_address.iter().map(IpNet::addr));
+    }
+    for a in &node.spec.addresses {
+        let text = a.address.split('/').next().unwrap_or_default();
+        if let Ok(ip) = text.parse() {
+            out.push(ip);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Converts the parts of one resource, naming it in errors.

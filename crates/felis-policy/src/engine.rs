@@ -22,6 +22,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::host::HostPolicyConfig;
+use crate::host::Stage;
 use crate::model::Action;
 use crate::model::Direction;
 use crate::model::Endpoint;
@@ -75,6 +77,15 @@ pub struct PolicySet {
     /// Known endpoints: rule selectors resolve to their addresses.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// FelixConfiguration values for host endpoints and workload→host traffic.
+    #[serde(default, skip_serializing_if = "HostPolicyConfig::is_default")]
+    pub host: HostPolicyConfig,
+    /// Per-node FelixConfiguration (`node.<name>`) values, merged over [`PolicySet::host`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_by_node: BTreeMap<String, HostPolicyConfig>,
+    /// Node addresses by node name: a packet to or from one is to or from that host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// A participating tier with the policies in it that apply, both in evaluation order.
@@ -211,9 +222,23 @@ impl PolicySet {
         endpoint: &Endpoint,
         direction: Direction,
     ) -> Vec<AppliedTier<'_>> {
+        self.applicable_tiers_in(endpoint, direction, Stage::Normal)
+    }
+
+    /// [`PolicySet::applicable_tiers`] for the policies of one [`Stage`] (untracked, pre-DNAT,
+    /// normal, or applyOnForward for forwarded traffic).
+    pub fn applicable_tiers_in(
+        &self,
+        endpoint: &Endpoint,
+        direction: Direction,
+        stage: Stage,
+    ) -> Vec<AppliedTier<'_>> {
         let mut by_tier: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
         for policy in &self.policies {
-            if policy.applies_in(direction) && self.policy_selects(policy, endpoint) {
+            if stage.includes(policy, direction)
+                && policy.applies_in(direction)
+                && self.policy_selects(policy, endpoint)
+            {
                 by_tier
                     .entry(policy.tier.as_str())
                     .or_default()
@@ -265,6 +290,7 @@ impl PolicySet {
             },
             egress,
             ingress,
+            forward: Vec::new(),
         }
     }
 
@@ -338,11 +364,11 @@ pub(crate) fn endpoint_key(endpoint: &Endpoint) -> String {
 }
 
 /// One evaluation: the packet and the endpoints given by the caller.
-struct Context<'a> {
-    set: &'a PolicySet,
-    packet: &'a Packet,
+pub(crate) struct Context<'a> {
+    pub(crate) set: &'a PolicySet,
+    pub(crate) packet: &'a Packet,
     /// `from`/`to`, which may be missing from `set.endpoints`.
-    extra: &'a [&'a Endpoint],
+    pub(crate) extra: &'a [&'a Endpoint],
 }
 
 /// Which end of the packet an entity rule looks at.
@@ -353,18 +379,33 @@ enum Side {
 }
 
 impl Context<'_> {
-    fn evaluate(&self, endpoint: &Endpoint, direction: Direction) -> DirectionTrace {
+    pub(crate) fn evaluate(&self, endpoint: &Endpoint, direction: Direction) -> DirectionTrace {
         let applied = self.set.applicable_tiers(endpoint, direction);
-        let tiers: Vec<String> = applied.iter().map(|t| t.tier.name.clone()).collect();
         let mut steps = Vec::new();
-        let finish = |verdict, decided_by, steps| DirectionTrace {
+        let (verdict, decided_by) = match self.run_tiers(&applied, direction, true, &mut steps) {
+            Some(decision) => decision,
+            None => self.run_profiles(endpoint, direction, &mut steps),
+        };
+        DirectionTrace {
             endpoint: endpoint_key(endpoint),
             verdict,
             decided_by,
-            tiers: tiers.clone(),
+            tiers: applied.iter().map(|t| t.tier.name.clone()).collect(),
             steps,
-        };
-        'tiers: for tier in &applied {
+            stage: Stage::Normal,
+        }
+    }
+
+    /// Runs the participating tiers `applied`; `None` when every tier passed (or, without
+    /// `end_of_tier_drop`, ended with no matching rule).
+    pub(crate) fn run_tiers(
+        &self,
+        applied: &[AppliedTier<'_>],
+        direction: Direction,
+        end_of_tier_drop: bool,
+        steps: &mut Vec<Step>,
+    ) -> Option<(Verdict, Decision)> {
+        'tiers: for tier in applied {
             for policy in &tier.policies {
                 for (index, rule) in policy.rules(direction).iter().enumerate() {
                     if !self.rule_matches(rule, policy.namespace.as_deref()) {
@@ -382,14 +423,14 @@ impl Context<'_> {
                                 rule: at,
                                 action: Action::Allow,
                             };
-                            return finish(Verdict::Allow, decided_by, steps);
+                            return Some((Verdict::Allow, decided_by));
                         }
                         Action::Deny => {
                             let decided_by = Decision::Rule {
                                 rule: at,
                                 action: Action::Deny,
                             };
-                            return finish(Verdict::Deny, decided_by, steps);
+                            return Some((Verdict::Deny, decided_by));
                         }
                         Action::Log => steps.push(Step::Log(at)),
                         Action::Pass => {
@@ -400,20 +441,29 @@ impl Context<'_> {
                 }
             }
             match tier.tier.default_action {
-                TierDefaultAction::Deny => {
+                TierDefaultAction::Deny if end_of_tier_drop => {
                     let decided_by = Decision::EndOfTier {
                         tier: tier.tier.name.clone(),
                     };
-                    return finish(Verdict::Deny, decided_by, steps);
+                    return Some((Verdict::Deny, decided_by));
                 }
-                TierDefaultAction::Pass => {
+                TierDefaultAction::Deny | TierDefaultAction::Pass => {
                     steps.push(Step::EndOfTierPass {
                         tier: tier.tier.name.clone(),
                     });
                 }
             }
         }
-        // No tier decided: profiles, in the endpoint's order.
+        None
+    }
+
+    /// Runs the endpoint's profiles, in order; none allowing ⇒ deny.
+    pub(crate) fn run_profiles(
+        &self,
+        endpoint: &Endpoint,
+        direction: Direction,
+        steps: &mut Vec<Step>,
+    ) -> (Verdict, Decision) {
         for name in &endpoint.profiles {
             let Some(profile) = self.set.profiles.get(name) else {
                 steps.push(Step::MissingProfile {
@@ -435,14 +485,14 @@ impl Context<'_> {
                             rule: at,
                             action: Action::Allow,
                         };
-                        return finish(Verdict::Allow, decided_by, steps);
+                        return (Verdict::Allow, decided_by);
                     }
                     Action::Deny => {
                         let decided_by = Decision::Rule {
                             rule: at,
                             action: Action::Deny,
                         };
-                        return finish(Verdict::Deny, decided_by, steps);
+                        return (Verdict::Deny, decided_by);
                     }
                     Action::Log => steps.push(Step::Log(at)),
                     // A Pass in a profile ends that profile: the next one is tried.
@@ -453,7 +503,7 @@ impl Context<'_> {
                 }
             }
         }
-        finish(Verdict::Deny, Decision::NoProfileMatched, steps)
+        (Verdict::Deny, Decision::NoProfileMatched)
     }
 
     fn rule_matches(&self, rule: &Rule, policy_namespace: Option<&str>) -> bool {

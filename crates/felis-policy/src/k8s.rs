@@ -223,6 +223,9 @@ impl NetworkPolicy {
             types,
             ingress,
             egress,
+            apply_on_forward: false,
+            pre_dnat: false,
+            do_not_track: false,
         })
     }
 }

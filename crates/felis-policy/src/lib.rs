@@ -106,13 +106,18 @@
 //! - Equal-order policies sort by `<namespace>/<name>` (GNPs by `<name>`), as Felix does.
 //! - A Pass rule in a profile ends that profile; the next profile is tried.
 //!
-//! Pure logic in the middle layer: no I/O, no clock, no dataplane. It does not model
-//! untracked/pre-DNAT/applyOnForward policy, staged policies, failsafe ports, `services`
-//! matches, HTTP matches or the endpoint-to-host/host-to-endpoint defaults.
+//! [`host`] adds host endpoints and traffic to and from hosts: failsafe ports, the untracked
+//! and pre-DNAT stages, applyOnForward, `defaultEndpointToHostAction` and host→workload;
+//! [`trace()`] uses it ([`PolicySet::path_verdict`]), and [`PolicySet::compile_for_node`]
+//! compiles a node's host endpoints into [`program::HostProgram`].
+//!
+//! Pure logic in the middle layer: no I/O, no clock, no dataplane. It does not model staged
+//! policies, `services` matches or HTTP matches.
 
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod host;
 pub mod k8s;
 pub mod model;
 pub mod program;
@@ -123,10 +128,17 @@ pub mod trace;
 pub use engine::AppliedTier;
 pub use engine::PolicySet;
 pub use error::Error;
+pub use host::EndpointToHostAction;
+pub use host::FailsafePort;
+pub use host::HostPolicyConfig;
+pub use host::NEIGHBOR_DISCOVERY_TYPES;
+pub use host::PathEnd;
+pub use host::Stage;
 pub use model::Action;
 pub use model::Direction;
 pub use model::Endpoint;
 pub use model::EntityRule;
+pub use model::HostInterface;
 pub use model::IcmpMatch;
 pub use model::IpVersion;
 pub use model::NamedPort;

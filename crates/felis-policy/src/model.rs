@@ -59,6 +59,37 @@ pub struct Endpoint {
     /// accepts besides the endpoint's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
+    /// The node the endpoint is on (WEP and HEP `node`): workload→host and host→workload
+    /// traffic, and which host endpoint forwarded traffic crosses, depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Set for a host endpoint: the interface it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_endpoint: Option<HostInterface>,
+}
+
+impl Endpoint {
+    /// Whether this is a host endpoint.
+    pub fn is_host_endpoint(&self) -> bool {
+        self.host_endpoint.is_some()
+    }
+}
+
+/// The interface of a host endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostInterface {
+    /// `interfaceName`: an interface, `*` for all of the node's interfaces, or empty when the
+    /// endpoint only names `expectedIPs` (the interface holding them).
+    #[serde(default)]
+    pub interface_name: String,
+}
+
+impl HostInterface {
+    /// Whether the endpoint covers every interface of its node (`interfaceName: "*"`).
+    pub fn is_all_interfaces(&self) -> bool {
+        self.interface_name == "*"
+    }
 }
 
 /// A named port of an endpoint.
@@ -114,6 +145,19 @@ pub struct Policy {
     /// Egress rules, in order.
     #[serde(default)]
     pub egress: Vec<Rule>,
+    /// GNP only: applies to forwarded traffic crossing a host endpoint, too.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub apply_on_forward: bool,
+    /// GNP only: a pre-DNAT policy (host endpoint ingress, before DNAT).
+    #[serde(default, skip_serializing_if = "is_false", rename = "preDNAT")]
+    pub pre_dnat: bool,
+    /// GNP only: an untracked policy (host endpoints, raw table, no conntrack).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub do_not_track: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// An optional selector where `""`, as Calico writes an unset selector, means unset (and not
@@ -148,6 +192,9 @@ impl Policy {
             types: Vec::new(),
             ingress: Vec::new(),
             egress: Vec::new(),
+            apply_on_forward: false,
+            pre_dnat: false,
+            do_not_track: false,
         }
     }
 

@@ -21,6 +21,8 @@ use serde::Serialize;
 use crate::engine::PolicySet;
 use crate::engine::endpoint_key;
 use crate::engine::policy_key;
+use crate::host::HostPolicyConfig;
+use crate::host::Stage;
 use crate::model::Action;
 use crate::model::Direction;
 use crate::model::Endpoint;
@@ -58,6 +60,39 @@ pub struct Program {
     pub profiles: BTreeMap<String, ProfileProgram>,
     /// Per endpoint, keyed `<namespace>/<name>` (or `<name>` for host endpoints).
     pub endpoints: BTreeMap<String, EndpointProgram>,
+    /// Host endpoints and workload→host policy of one node ([`PolicySet::compile_for_node`]);
+    /// `None`: host traffic is not policed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostProgram>,
+}
+
+/// The host side of a node's program: its host endpoints' stages and the FelixConfiguration
+/// values (failsafe ports, `defaultEndpointToHostAction`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostProgram {
+    /// The node.
+    pub node: String,
+    /// Failsafe ports and the workload→host action.
+    pub config: HostPolicyConfig,
+    /// Host endpoints by name.
+    pub endpoints: BTreeMap<String, HostEndpointProgram>,
+}
+
+/// What runs at one host endpoint, per stage (see [`crate::host`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostEndpointProgram {
+    /// `interfaceName`: a name, `*` (all interfaces) or empty (by `expectedIPs`).
+    pub interface_name: String,
+    /// `doNotTrack` policies (tiers only; none for `*` endpoints).
+    pub untracked: EndpointProgram,
+    /// `preDNAT` policies (ingress; tiers only).
+    pub pre_dnat: DirectionProgram,
+    /// Normal policies then profiles, for traffic to (ingress) and from (egress) the host.
+    pub normal: EndpointProgram,
+    /// `applyOnForward` policies (tiers only), for traffic forwarded across the interface.
+    pub forward: EndpointProgram,
 }
 
 /// One policy's compiled rules.
@@ -188,43 +223,74 @@ pub enum Match {
 }
 
 impl PolicySet {
+    /// [`PolicySet::compile`], plus the host side of `node`: its host endpoints (all stages)
+    /// and the FelixConfiguration values, in [`Program::host`].
+    pub fn compile_for_node<'a>(
+        &self,
+        local: impl IntoIterator<Item = &'a Endpoint>,
+        node: &str,
+    ) -> Program {
+        let mut compiler = self.compile_endpoints(local);
+        let mut host = HostProgram {
+            node: node.to_string(),
+            config: self.host_config(node).clone(),
+            endpoints: BTreeMap::new(),
+        };
+        for hep in self.host_endpoints_of(node) {
+            let interface_name = hep
+                .host_endpoint
+                .as_ref()
+                .map(|h| h.interface_name.clone())
+                .unwrap_or_default();
+            let mut stage = |stage: Stage, direction: Direction, profiles: bool| {
+                if stage == Stage::Untracked && interface_name == "*" {
+                    return DirectionProgram::default();
+                }
+                compiler.direction(hep, direction, stage, profiles)
+            };
+            let program = HostEndpointProgram {
+                untracked: EndpointProgram {
+                    ingress: stage(Stage::Untracked, Direction::Ingress, false),
+                    egress: stage(Stage::Untracked, Direction::Egress, false),
+                },
+                pre_dnat: stage(Stage::PreDnat, Direction::Ingress, false),
+                normal: EndpointProgram {
+                    ingress: stage(Stage::Normal, Direction::Ingress, true),
+                    egress: stage(Stage::Normal, Direction::Egress, true),
+                },
+                forward: EndpointProgram {
+                    ingress: stage(Stage::Forward, Direction::Ingress, false),
+                    egress: stage(Stage::Forward, Direction::Egress, false),
+                },
+                interface_name: interface_name.clone(),
+            };
+            host.endpoints.insert(endpoint_key(hep), program);
+        }
+        compiler.program.host = Some(host);
+        compiler.program
+    }
+
     /// Compiles the policy that applies to `local` endpoints into a [`Program`].
     pub fn compile<'a>(&self, local: impl IntoIterator<Item = &'a Endpoint>) -> Program {
+        self.compile_endpoints(local).program
+    }
+
+    fn compile_endpoints<'a>(&self, local: impl IntoIterator<Item = &'a Endpoint>) -> Compiler<'_> {
         let mut compiler = Compiler {
             set: self,
             program: Program::default(),
             set_ids: BTreeMap::new(),
         };
         for endpoint in local {
-            let programs = [Direction::Ingress, Direction::Egress].map(|direction| {
-                let tiers = self
-                    .applicable_tiers(endpoint, direction)
-                    .into_iter()
-                    .map(|applied| TierProgram {
-                        tier: applied.tier.name.clone(),
-                        policies: applied
-                            .policies
-                            .iter()
-                            .map(|policy| compiler.policy(policy))
-                            .collect(),
-                        default_action: applied.tier.default_action,
-                    })
-                    .collect();
-                DirectionProgram {
-                    tiers,
-                    profiles: endpoint.profiles.clone(),
-                }
-            });
-            for name in &endpoint.profiles {
-                compiler.profile(name);
-            }
+            let programs = [Direction::Ingress, Direction::Egress]
+                .map(|direction| compiler.direction(endpoint, direction, Stage::Normal, true));
             let [ingress, egress] = programs;
             compiler
                 .program
                 .endpoints
                 .insert(endpoint_key(endpoint), EndpointProgram { ingress, egress });
         }
-        compiler.program
+        compiler
     }
 }
 
@@ -242,6 +308,40 @@ struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
+    /// The tiers of `stage` (and, with `profiles`, the profiles) of `endpoint` in `direction`,
+    /// compiling the policies and profiles they name.
+    fn direction(
+        &mut self,
+        endpoint: &Endpoint,
+        direction: Direction,
+        stage: Stage,
+        profiles: bool,
+    ) -> DirectionProgram {
+        let set = self.set;
+        let tiers = set
+            .applicable_tiers_in(endpoint, direction, stage)
+            .into_iter()
+            .map(|applied| TierProgram {
+                tier: applied.tier.name.clone(),
+                policies: applied
+                    .policies
+                    .iter()
+                    .map(|policy| self.policy(policy))
+                    .collect(),
+                default_action: applied.tier.default_action,
+            })
+            .collect();
+        let profiles = if profiles {
+            for name in &endpoint.profiles {
+                self.profile(name);
+            }
+            endpoint.profiles.clone()
+        } else {
+            Vec::new()
+        };
+        DirectionProgram { tiers, profiles }
+    }
+
     /// Compiles `policy` once; returns its key.
     fn policy(&mut self, policy: &crate::model::Policy) -> String {
         let key = policy_key(policy).into_owned();
@@ -446,25 +546,99 @@ impl Program {
             },
             egress,
             ingress,
+            forward: Vec::new(),
         }
     }
 
-    fn evaluate(
+    /// Interprets host endpoint `key` of [`Program::host`] for `packet` in `direction`: for
+    /// traffic to or from the host, or (`forwarded`) across it; `None` if the program has no
+    /// such host endpoint. The reference the host rendering must meet, as
+    /// [`PolicySet::host_endpoint_verdict`] is for the program.
+    pub fn host_verdict(
         &self,
         key: &str,
+        packet: &Packet,
+        direction: Direction,
+        forwarded: bool,
+    ) -> Option<DirectionTrace> {
+        let host = self.host.as_ref()?;
+        let hep = host.endpoints.get(key)?;
+        let mut steps = Vec::new();
+        let finish = |verdict, decided_by, program: &DirectionProgram, steps, stage| {
+            Some(DirectionTrace {
+                endpoint: key.to_string(),
+                verdict,
+                decided_by,
+                tiers: program.tiers.iter().map(|t| t.tier.clone()).collect(),
+                steps,
+                stage,
+            })
+        };
+        if !forwarded && let Some(port) = host.config.failsafe(packet, direction) {
+            let decided_by = Decision::Failsafe {
+                protocol: port.protocol,
+                port: port.port,
+            };
+            let none = DirectionProgram::default();
+            return finish(Verdict::Allow, decided_by, &none, steps, Stage::Normal);
+        }
+        let pick = |p: &'_ EndpointProgram| match direction {
+            Direction::Ingress => p.ingress.clone(),
+            Direction::Egress => p.egress.clone(),
+        };
+        let mut early = vec![(Stage::Untracked, pick(&hep.untracked))];
+        if direction == Direction::Ingress {
+            early.push((Stage::PreDnat, hep.pre_dnat.clone()));
+        }
+        for (stage, program) in &early {
+            if program.tiers.is_empty() {
+                continue;
+            }
+            if let Some((verdict, decided_by)) =
+                self.run_tiers(program, direction, packet, false, &mut steps)
+            {
+                return finish(verdict, decided_by, program, steps, *stage);
+            }
+        }
+        let (stage, program) = if forwarded {
+            (Stage::Forward, pick(&hep.forward))
+        } else {
+            (Stage::Normal, pick(&hep.normal))
+        };
+        if let Some((verdict, decided_by)) =
+            self.run_tiers(&program, direction, packet, true, &mut steps)
+        {
+            return finish(verdict, decided_by, &program, steps, stage);
+        }
+        if forwarded {
+            return finish(
+                Verdict::Allow,
+                Decision::ForwardNotPoliced,
+                &program,
+                steps,
+                stage,
+            );
+        }
+        let profiles_only = DirectionProgram {
+            tiers: Vec::new(),
+            profiles: program.profiles.clone(),
+        };
+        let mut side = self.evaluate(key, &profiles_only, direction, packet);
+        let mut all_steps = steps;
+        all_steps.append(&mut side.steps);
+        finish(side.verdict, side.decided_by, &program, all_steps, stage)
+    }
+
+    /// Runs the tiers of `program`; `None` when every tier passed (or, without
+    /// `end_of_tier_drop`, ended with no matching rule).
+    fn run_tiers(
+        &self,
         program: &DirectionProgram,
         direction: Direction,
         packet: &Packet,
-    ) -> DirectionTrace {
-        let tiers: Vec<String> = program.tiers.iter().map(|t| t.tier.clone()).collect();
-        let mut steps = Vec::new();
-        let finish = |verdict, decided_by, steps| DirectionTrace {
-            endpoint: key.to_string(),
-            verdict,
-            decided_by,
-            tiers: tiers.clone(),
-            steps,
-        };
+        end_of_tier_drop: bool,
+        steps: &mut Vec<Step>,
+    ) -> Option<(Verdict, Decision)> {
         'tiers: for tier in &program.tiers {
             for policy_key in &tier.policies {
                 let Some(policy) = self.policies.get(policy_key) else {
@@ -491,14 +665,11 @@ impl Program {
                             } else {
                                 Verdict::Deny
                             };
-                            return finish(
-                                verdict,
-                                Decision::Rule {
-                                    rule: at,
-                                    action: rule.action,
-                                },
-                                steps,
-                            );
+                            let decided_by = Decision::Rule {
+                                rule: at,
+                                action: rule.action,
+                            };
+                            return Some((verdict, decided_by));
                         }
                         Action::Log => steps.push(Step::Log(at)),
                         Action::Pass => {
@@ -509,19 +680,43 @@ impl Program {
                 }
             }
             match tier.default_action {
-                TierDefaultAction::Deny => {
-                    return finish(
-                        Verdict::Deny,
-                        Decision::EndOfTier {
-                            tier: tier.tier.clone(),
-                        },
-                        steps,
-                    );
+                TierDefaultAction::Deny if end_of_tier_drop => {
+                    let decided_by = Decision::EndOfTier {
+                        tier: tier.tier.clone(),
+                    };
+                    return Some((Verdict::Deny, decided_by));
                 }
-                TierDefaultAction::Pass => steps.push(Step::EndOfTierPass {
-                    tier: tier.tier.clone(),
-                }),
+                TierDefaultAction::Deny | TierDefaultAction::Pass => {
+                    steps.push(Step::EndOfTierPass {
+                        tier: tier.tier.clone(),
+                    });
+                }
             }
+        }
+        None
+    }
+
+    fn evaluate(
+        &self,
+        key: &str,
+        program: &DirectionProgram,
+        direction: Direction,
+        packet: &Packet,
+    ) -> DirectionTrace {
+        let tiers: Vec<String> = program.tiers.iter().map(|t| t.tier.clone()).collect();
+        let mut steps = Vec::new();
+        let finish = |verdict, decided_by, steps| DirectionTrace {
+            endpoint: key.to_string(),
+            verdict,
+            decided_by,
+            tiers: tiers.clone(),
+            steps,
+            stage: Stage::Normal,
+        };
+        if let Some((verdict, decided_by)) =
+            self.run_tiers(program, direction, packet, true, &mut steps)
+        {
+            return finish(verdict, decided_by, steps);
         }
         for name in &program.profiles {
             let Some(profile) = self.profiles.get(name) else {

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::host::Stage;
 use crate::trace::Query;
 use crate::trace::Reason;
 use crate::trace::SideReport;
@@ -70,6 +71,10 @@ pub struct Probe {
     /// What must decide the destination's ingress (checked by `policy trace` only).
     #[serde(default)]
     pub ingress: Option<SideExpect>,
+    /// What must decide at the first host endpoint the packet is forwarded across
+    /// (applyOnForward; checked by `policy trace` only).
+    #[serde(default)]
+    pub forward: Option<SideExpect>,
     /// Why the probe gets that verdict (for the reader and the failure report).
     #[serde(default)]
     pub note: Option<String>,
@@ -97,6 +102,9 @@ pub struct SideExpect {
     /// Deciding profile.
     #[serde(default)]
     pub profile: Option<String>,
+    /// Deciding stage (`untracked`, `pre-dnat`, `normal`, `forward`).
+    #[serde(default)]
+    pub stage: Option<Stage>,
 }
 
 /// The verdict a probe expects.
@@ -171,6 +179,12 @@ impl Probe {
             };
             side_mismatches(direction, expect, side, &mut out);
         }
+        if let Some(expect) = &self.forward {
+            match report.forward.first() {
+                Some(side) => side_mismatches("forward", expect, side, &mut out),
+                None => out.push("forward: no host endpoint crossed, expected one".to_string()),
+            }
+        }
         out
     }
 }
@@ -202,6 +216,11 @@ fn side_mismatches(direction: &str, expect: &SideExpect, side: &SideReport, out:
         side.rule.map(|r| r.to_string()),
     );
     check("profile", expect.profile.clone(), side.profile.clone());
+    check(
+        "stage",
+        expect.stage.map(|s| s.to_string()),
+        Some(side.stage.to_string()),
+    );
 }
 
 impl std::fmt::Display for Probe {

@@ -7,7 +7,10 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::host::EndpointToHostAction;
+use crate::host::Stage;
 use crate::model::Action;
+use crate::model::Protocol;
 
 mod report;
 
@@ -70,6 +73,27 @@ pub enum Decision {
     },
     /// No profile rule allowed the packet (including: the endpoint has no profiles).
     NoProfileMatched,
+    /// A failsafe port of the host (FelixConfiguration `failsafeInbound/OutboundHostPorts`)
+    /// allowed the packet before any policy.
+    Failsafe {
+        /// The failsafe entry's protocol.
+        protocol: Protocol,
+        /// The failsafe entry's port.
+        port: u16,
+    },
+    /// Workload → its own host: after the workload's egress policy,
+    /// `defaultEndpointToHostAction` decided.
+    EndpointToHost {
+        /// The configured action.
+        action: EndpointToHostAction,
+    },
+    /// Host → a workload on the same host: always allowed.
+    HostToWorkload,
+    /// Workload → its host: IPv6 neighbour discovery or MLD, always allowed.
+    NeighborDiscovery,
+    /// Forwarded traffic crossing a host endpoint that no applyOnForward policy decided:
+    /// allowed.
+    ForwardNotPoliced,
 }
 
 /// Something that happened on the way to a decision.
@@ -106,6 +130,9 @@ pub struct DirectionTrace {
     pub tiers: Vec<String>,
     /// Log and Pass rules met on the way, in order.
     pub steps: Vec<Step>,
+    /// The policy stage that decided (host endpoints: untracked, pre-DNAT, normal, forward).
+    #[serde(default, skip_serializing_if = "Stage::is_normal")]
+    pub stage: Stage,
 }
 
 impl DirectionTrace {
@@ -126,6 +153,10 @@ pub struct Trace {
     pub egress: Option<DirectionTrace>,
     /// Ingress policy of the destination endpoint.
     pub ingress: Option<DirectionTrace>,
+    /// Host endpoints forwarded traffic crosses (applyOnForward policy): the source's host
+    /// endpoint (egress) first, then the destination's (ingress).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<DirectionTrace>,
 }
 
 impl fmt::Display for Verdict {
@@ -167,6 +198,19 @@ impl fmt::Display for Decision {
             Decision::Rule { rule, action } => write!(f, "{action:?} by {rule}"),
             Decision::EndOfTier { tier } => write!(f, "end of tier {tier} (default action Deny)"),
             Decision::NoProfileMatched => f.write_str("no profile allowed it"),
+            Decision::Failsafe { protocol, port } => {
+                write!(f, "failsafe port {protocol}:{port}")
+            }
+            Decision::EndpointToHost { action } => {
+                write!(f, "workload to host: defaultEndpointToHostAction {action}")
+            }
+            Decision::HostToWorkload => f.write_str("host to local workload: always allowed"),
+            Decision::NeighborDiscovery => {
+                f.write_str("workload to host: ICMPv6 neighbour discovery, always allowed")
+            }
+            Decision::ForwardNotPoliced => {
+                f.write_str("forwarded, and no applyOnForward policy decided")
+            }
         }
     }
 }
@@ -189,6 +233,9 @@ impl fmt::Display for DirectionTrace {
             "{}: {} ({})",
             self.endpoint, self.verdict, self.decided_by
         )?;
+        if self.stage != Stage::Normal {
+            write!(f, "; stage {}", self.stage)?;
+        }
         if self.is_profile_only() {
             f.write_str("; no policy applies")?;
         } else {
@@ -210,6 +257,9 @@ impl fmt::Display for Trace {
         match &self.ingress {
             Some(side) => writeln!(f, "ingress {side}")?,
             None => writeln!(f, "ingress (destination outside the cluster)")?,
+        }
+        for side in &self.forward {
+            writeln!(f, "forward {side}")?;
         }
         write!(f, "verdict {}", self.verdict)
     }

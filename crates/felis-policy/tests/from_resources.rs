@@ -83,10 +83,20 @@ fn tcp(from: &str, to: &str, port: u16) -> Query {
 fn resources_convert_as_calico_does() {
     let set = cluster();
     let names: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["security.no-ssh", "knp.default.db"],
-        "doNotTrack left out"
+    assert_eq!(names, ["security.no-ssh", "knp.default.db", "raw-thing"]);
+    let raw = &set.policies[2];
+    assert!(raw.do_not_track && raw.apply_on_forward && !raw.pre_dnat);
+    // Untracked policy never applies to workloads: only the normal stage does.
+    let web = set
+        .peer_endpoint(&"prod/web-1".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    let tiers = set.applicable_tiers(web, felis_policy::Direction::Ingress);
+    assert!(
+        tiers
+            .iter()
+            .flat_map(|t| &t.policies)
+            .all(|p| p.name != "raw-thing")
     );
     let knp = &set.policies[1];
     assert_eq!(

@@ -15,6 +15,9 @@ use serde::Deserialize;
 #[serde(rename_all = "camelCase")]
 struct Input {
     local: Vec<String>,
+    /// With a node: `compile_for_node` (the host side too).
+    #[serde(default)]
+    node: Option<String>,
     policy_set: PolicySet,
 }
 
@@ -40,7 +43,10 @@ fn compiled_programs_match_golden_files() {
             .endpoints
             .iter()
             .filter(|e| input.local.contains(&endpoint_key(e)));
-        let program = set.compile(local);
+        let program = match &input.node {
+            Some(node) => set.compile_for_node(local, node),
+            None => set.compile(local),
+        };
         let actual = serde_json::to_string_pretty(&program).unwrap() + "\n";
         let expected_path = dir.join("expected.json");
         if update {

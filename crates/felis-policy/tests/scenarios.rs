@@ -12,15 +12,21 @@ use felis_policy::PolicySet;
 use felis_policy::scenario::Scenario;
 use felis_policy::trace::trace;
 
+/// `tests/scenarios/*.yaml`, then `tests/scenarios/host/*.yaml` (host endpoint scenarios the
+/// lab replay, which reads only the top level, cannot emulate).
 fn scenario_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let mut all = Vec::new();
+    for dir in [root.clone(), root.join("host")] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        all.extend(files);
+    }
+    all
 }
 
 #[test]
@@ -29,7 +35,11 @@ fn every_scenario_probe_gets_its_expected_verdict() {
     let mut failures = String::new();
     let mut probes = 0;
     for path in &files {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let name = path
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap_or(path)
+            .to_string_lossy()
+            .to_string();
         let text = std::fs::read_to_string(path).unwrap();
         let scenario = match Scenario::parse(&text) {
             Ok(s) => s,
@@ -167,4 +177,133 @@ fn compiled_programs_agree_with_the_engine_on_every_pair_of_every_scenario() {
         "engine and program disagree:\n{disagreements}"
     );
     eprintln!("{checked} packets agree");
+}
+
+#[test]
+fn compiled_host_endpoints_agree_with_the_engine_in_every_stage() {
+    use felis_policy::Direction;
+    use felis_policy::Protocol;
+    let ports: [(Protocol, Option<u16>); 9] = [
+        (Protocol::TCP, Some(22)),
+        (Protocol::TCP, Some(23)),
+        (Protocol::TCP, Some(443)),
+        (Protocol::TCP, Some(2222)),
+        (Protocol::TCP, Some(8080)),
+        (Protocol::TCP, Some(9100)),
+        (Protocol::TCP, Some(9101)),
+        (Protocol::UDP, Some(53)),
+        (Protocol::ICMP, None),
+    ];
+    let mut checked = 0;
+    let mut disagreements = String::new();
+    for path in scenario_files() {
+        let scenario = Scenario::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let set = PolicySet::from_resources(&scenario.resources).unwrap();
+        let mut addresses: Vec<std::net::IpAddr> = set
+            .endpoints
+            .iter()
+            .flat_map(|e| e.ips.iter().map(|n| n.addr()))
+            .chain(set.nodes.values().flatten().copied())
+            .filter(|ip| ip.is_ipv4())
+            .collect();
+        addresses.extend(
+            ["198.51.100.7", "203.0.113.9", "10.1.1.1"]
+                .map(|ip| ip.parse::<std::net::IpAddr>().unwrap()),
+        );
+        let nodes: std::collections::BTreeSet<&str> = set
+            .endpoints
+            .iter()
+            .filter(|e| e.is_host_endpoint())
+            .filter_map(|e| e.node.as_deref())
+            .collect();
+        for node in nodes {
+            let program = set.compile_for_node(std::iter::empty(), node);
+            for hep in set.host_endpoints_of(node) {
+                for &src in &addresses {
+                    for &dst in &addresses {
+                        for &(protocol, port) in &ports {
+                            let packet = felis_policy::Packet {
+                                src_ip: src,
+                                dst_ip: dst,
+                                protocol,
+                                src_port: port.map(|_| 40000),
+                                dst_port: port,
+                                icmp_type: port.is_none().then_some(8),
+                                icmp_code: port.is_none().then_some(0),
+                            };
+                            for direction in [Direction::Ingress, Direction::Egress] {
+                                for forwarded in [false, true] {
+                                    let engine = set
+                                        .host_endpoint_verdict(&packet, hep, direction, forwarded);
+                                    let compiled = program
+                                        .host_verdict(&hep.name, &packet, direction, forwarded);
+                                    checked += 1;
+                                    if compiled.as_ref() != Some(&engine) {
+                                        writeln!(
+                                            disagreements,
+                                            "{}: {} {direction:?} forwarded {forwarded} \
+                                             {packet:?}\n  engine   {engine:?}\n  compiled \
+                                             {compiled:?}",
+                                            path.display(),
+                                            hep.name
+                                        )
+                                        .unwrap();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "engine and program disagree:\n{}",
+        disagreements
+            .lines()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(checked > 5_000, "only {checked} host packets checked");
+    eprintln!("{checked} host endpoint packets agree");
+}
+
+/// Without hosts (no Node addresses, no host endpoints: the top-level scenarios), the
+/// host-aware path verdict `trace` uses is exactly the plain endpoint verdict.
+#[test]
+fn path_verdict_equals_the_endpoint_verdict_without_hosts() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let mut checked = 0;
+    for path in scenario_files()
+        .into_iter()
+        .filter(|p| p.parent() == Some(&root))
+    {
+        let scenario = Scenario::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let set = PolicySet::from_resources(&scenario.resources).unwrap();
+        if !set.nodes.is_empty() || set.endpoints.iter().any(|e| e.is_host_endpoint()) {
+            continue;
+        }
+        for probe in &scenario.probes {
+            let Ok(query) = probe.query() else { continue };
+            let Ok(report) = trace(&set, &query) else {
+                continue;
+            };
+            let from = set.peer_endpoint(&query.from).unwrap();
+            let to = set.peer_endpoint(&query.to).unwrap();
+            let plain = set.verdict(&report.packet, from, to);
+            let path_aware = set.path_verdict(&report.packet, path_end(from), path_end(to));
+            assert_eq!(path_aware, plain, "{}: {probe}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} probes");
+}
+
+fn path_end(endpoint: Option<&felis_policy::Endpoint>) -> felis_policy::PathEnd<'_> {
+    match endpoint {
+        Some(e) => felis_policy::PathEnd::Workload(e),
+        None => felis_policy::PathEnd::Outside,
+    }
 }

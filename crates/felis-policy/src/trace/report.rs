@@ -9,6 +9,9 @@ use serde::Serialize;
 
 use crate::engine::PolicySet;
 use crate::error::Error;
+use crate::host::EndpointToHostAction;
+use crate::host::PathEnd;
+use crate::host::Stage;
 use crate::model::Endpoint;
 use crate::model::IpVersion;
 use crate::model::Packet;
@@ -165,8 +168,19 @@ pub enum Reason {
     Profile,
     /// No policy applies; a profile rule decided (`profile`, `rule`): "no policy, profile allow".
     NoPolicyProfile,
-    /// No profile rule allowed the packet (or the endpoint has no profiles).
+    /// No profile rule allowed the packet (or the endpoint has no profiles; for a host
+    /// endpoint: its default deny).
     NoProfileAllowed,
+    /// A failsafe port of the host allowed it (`failsafe`).
+    Failsafe,
+    /// Workload → its own host: `defaultEndpointToHostAction` (`endpointToHostAction`).
+    EndpointToHost,
+    /// Host → a local workload: always allowed.
+    HostToWorkload,
+    /// Workload → its host: IPv6 neighbour discovery or MLD, always allowed.
+    NeighborDiscovery,
+    /// Forwarded across a host endpoint, and no applyOnForward policy decided: allowed.
+    ForwardNotPoliced,
 }
 
 impl fmt::Display for Reason {
@@ -177,6 +191,11 @@ impl fmt::Display for Reason {
             Reason::Profile => "profile",
             Reason::NoPolicyProfile => "no-policy-profile",
             Reason::NoProfileAllowed => "no-profile-allowed",
+            Reason::Failsafe => "failsafe",
+            Reason::EndpointToHost => "endpoint-to-host",
+            Reason::HostToWorkload => "host-to-workload",
+            Reason::NeighborDiscovery => "neighbor-discovery",
+            Reason::ForwardNotPoliced => "forward-not-policed",
         })
     }
 }
@@ -206,6 +225,15 @@ pub struct SideReport {
     pub tiers: Vec<String>,
     /// Log and Pass rules met on the way, and skipped profiles, in order.
     pub steps: Vec<String>,
+    /// The deciding stage: `untracked`, `pre-dnat`, `normal` (left out) or `forward`.
+    #[serde(default, skip_serializing_if = "Stage::is_normal")]
+    pub stage: Stage,
+    /// The failsafe port that allowed it (`failsafe`), as `PROTOCOL:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe: Option<String>,
+    /// The `defaultEndpointToHostAction` that decided (`endpoint-to-host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_to_host_action: Option<EndpointToHostAction>,
 }
 
 /// The answer to a [`Query`]: `-o json` serializes it; `Display` is the text form.
@@ -219,6 +247,9 @@ pub struct TraceReport {
     pub egress: Option<SideReport>,
     /// Ingress of the destination endpoint; `null` when it is outside the cluster.
     pub ingress: Option<SideReport>,
+    /// Host endpoints the packet is forwarded across (applyOnForward policy), in path order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<SideReport>,
     /// The source as asked.
     pub from: String,
     /// The destination as asked.
@@ -262,6 +293,29 @@ impl PolicySet {
     }
 }
 
+impl PolicySet {
+    /// What `peer` stands for on a packet's path: a workload endpoint, a host (by a node's
+    /// address or a host endpoint's `expectedIPs`, with the host endpoint the traffic crosses)
+    /// or the outside. Workload addresses win over host addresses.
+    pub fn peer_end(&self, peer: &Peer) -> Result<PathEnd<'_>, Error> {
+        if let Some(endpoint) = self.peer_endpoint(peer)?
+            && !endpoint.is_host_endpoint()
+        {
+            return Ok(PathEnd::Workload(endpoint));
+        }
+        let host = match peer {
+            Peer::Ip(ip) => self.host_of(*ip),
+            Peer::Workload { .. } => None,
+        };
+        Ok(match (host, self.peer_endpoint(peer)?) {
+            (Some(host), _) => host,
+            // A host endpoint of no node: judged as a plain endpoint.
+            (None, Some(endpoint)) => PathEnd::Workload(endpoint),
+            (None, None) => PathEnd::Outside,
+        })
+    }
+}
+
 /// Evaluates `query` against `set`: `felis policy trace`.
 ///
 /// ```
@@ -288,9 +342,11 @@ impl PolicySet {
 /// ```
 pub fn trace(set: &PolicySet, query: &Query) -> Result<TraceReport, Error> {
     query.check()?;
-    let from = set.peer_endpoint(&query.from)?;
-    let to = set.peer_endpoint(&query.to)?;
-    if from.is_none() && to.is_none() {
+    let from_end = set.peer_end(&query.from)?;
+    let to_end = set.peer_end(&query.to)?;
+    let known = |end: &PathEnd<'_>| !matches!(end, PathEnd::Outside);
+    let (from, to) = (from_end.endpoint(), to_end.endpoint());
+    if !known(&from_end) && !known(&to_end) {
         return Err(Error::NoEndpoint {
             from: query.from.to_string(),
             to: query.to.to_string(),
@@ -307,11 +363,12 @@ pub fn trace(set: &PolicySet, query: &Query) -> Result<TraceReport, Error> {
         icmp_type: query.icmp_type,
         icmp_code: query.icmp_code,
     };
-    let result = set.verdict(&packet, from, to);
+    let result = set.path_verdict(&packet, from_end, to_end);
     Ok(TraceReport {
         verdict: result.verdict,
         egress: result.egress.as_ref().map(SideReport::from),
         ingress: result.ingress.as_ref().map(SideReport::from),
+        forward: result.forward.iter().map(SideReport::from).collect(),
         from: query.from.to_string(),
         to: query.to.to_string(),
         packet,
@@ -395,6 +452,9 @@ impl From<&DirectionTrace> for SideReport {
             endpoint: side.endpoint.clone(),
             tiers: side.tiers.clone(),
             steps: side.steps.iter().map(Step::to_string).collect(),
+            stage: side.stage,
+            failsafe: None,
+            endpoint_to_host_action: None,
         };
         match &side.decided_by {
             Decision::Rule {
@@ -430,6 +490,17 @@ impl From<&DirectionTrace> for SideReport {
                 report.tier = Some(tier.clone());
             }
             Decision::NoProfileMatched => {}
+            Decision::Failsafe { protocol, port } => {
+                report.reason = Reason::Failsafe;
+                report.failsafe = Some(format!("{protocol}:{port}"));
+            }
+            Decision::EndpointToHost { action } => {
+                report.reason = Reason::EndpointToHost;
+                report.endpoint_to_host_action = Some(*action);
+            }
+            Decision::HostToWorkload => report.reason = Reason::HostToWorkload,
+            Decision::NeighborDiscovery => report.reason = Reason::NeighborDiscovery,
+            Decision::ForwardNotPoliced => report.reason = Reason::ForwardNotPoliced,
         }
         report
     }
@@ -470,6 +541,28 @@ impl fmt::Display for SideReport {
                 "every tier passed ({}), and no profile allowed it",
                 self.tiers.join(", ")
             )?,
+            Reason::Failsafe => write!(
+                f,
+                "failsafe port {}",
+                self.failsafe.as_deref().unwrap_or_default()
+            )?,
+            Reason::EndpointToHost => {
+                let action = self.endpoint_to_host_action.unwrap_or_default();
+                write!(
+                    f,
+                    "workload to its host: defaultEndpointToHostAction {action}"
+                )?;
+            }
+            Reason::HostToWorkload => f.write_str("host to a local workload: always allowed")?,
+            Reason::NeighborDiscovery => {
+                f.write_str("workload to its host: ICMPv6 neighbour discovery, always allowed")?;
+            }
+            Reason::ForwardNotPoliced => {
+                f.write_str("forwarded, no applyOnForward policy decided: allowed")?;
+            }
+        }
+        if self.stage != Stage::Normal {
+            write!(f, " [stage {}]", self.stage)?;
         }
         for step in &self.steps {
             write!(f, "\n    {step}")?;
@@ -511,6 +604,9 @@ impl fmt::Display for TraceReport {
                 "  ingress -: destination {} is outside the cluster",
                 self.to
             )?,
+        }
+        for side in &self.forward {
+            writeln!(f, "  forward {side}")?;
         }
         write!(f, "verdict: {}", self.verdict)
     }

@@ -53,6 +53,7 @@ fn pod(ns: &str, name: &str, addr: &str, app: &str, sa: &str) -> Endpoint {
         service_account: Some(sa.to_string()),
         orchestrator: Some("k8s".to_string()),
         workload: None,
+        ..Endpoint::default()
     }
 }
 

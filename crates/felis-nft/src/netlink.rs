@@ -1,0 +1,888 @@
+//! The hot path to the kernel: nftables deltas as one nfnetlink batch
+//! (`NFNL_MSG_BATCH_BEGIN` … `NFNL_MSG_BATCH_END`) sent with one `sendmsg` on a
+//! `NETLINK_NETFILTER` socket, then the acks read back. A batch is one nftables transaction: every
+//! message commits or none does.
+//!
+//! Only what the common deltas need is encoded here: set and verdict-map elements
+//! (`NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM`), regular chains (`NFT_MSG_NEWCHAIN`, flush by
+//! `NFT_MSG_DELRULE` without a handle, `NFT_MSG_DELCHAIN`) and the handful of rule shapes an
+//! endpoint chain is made of ([`EndpointRule`]). Everything else (policy rules, sets created or
+//! deleted, interval sets, resyncs) stays with `nft` text, see [`crate::nft`].
+//!
+//! The kernel handles a batch synchronously inside `sendmsg`, so by the time it returns every ack
+//! is queued on the socket: they are read without blocking.
+
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+use std::time::Instant;
+
+use netlink_sys::Socket;
+use netlink_sys::SocketAddr;
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use crate::error::Error;
+use crate::render::PASS_MARK;
+use crate::render::SetKind;
+use crate::render::TABLE;
+
+const NLMSG_HEADER: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+/// Set on an error message that carries extended-ack TLVs.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFPROTO_INET: u8 = 1;
+const AF_UNSPEC: u8 = 0;
+
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+
+const NFT_META_MARK: u32 = 3;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+const NF_DROP: i32 = 0;
+const NF_ACCEPT: i32 = 1;
+const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
+
+/// Longest interface name (`IFNAMSIZ` minus the NUL).
+const IFNAME_MAX: usize = 15;
+/// Nested attributes carry a 16-bit length: element lists are split well below it.
+const MAX_ELEMENT_LIST: usize = 60_000;
+/// Largest batch sent in one `sendmsg` (the socket's default send buffer is ~208 KiB).
+pub const MAX_BATCH: usize = 150_000;
+
+/// A verdict, as a verdict-map value or a rule's final statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// `accept`.
+    Accept,
+    /// `drop`.
+    Drop,
+    /// `jump <chain>`.
+    Jump(String),
+    /// `goto <chain>`.
+    Goto(String),
+}
+
+/// One set or map element: its key in kernel byte layout and, in a verdict map, its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    /// The key's bytes (addresses in network order, concatenations padded to 4 bytes a field).
+    pub key: Vec<u8>,
+    /// The value, for verdict maps.
+    pub verdict: Option<Verdict>,
+}
+
+impl Element {
+    /// The element `text` (as rendered for nft) of a set of `kind`; `None` if it does not parse.
+    pub fn of_set(kind: SetKind, text: &str) -> Option<Element> {
+        let key = match kind {
+            SetKind::Hosts4 => text.parse::<Ipv4Addr>().ok()?.octets().to_vec(),
+            SetKind::Hosts6 => text.parse::<Ipv6Addr>().ok()?.octets().to_vec(),
+            SetKind::NamedPorts4 | SetKind::NamedPorts6 => {
+                let mut parts = text.split(" . ");
+                let (address, protocol, port) = (parts.next()?, parts.next()?, parts.next()?);
+                if parts.next().is_some() {
+                    return None;
+                }
+                let mut key = if kind == SetKind::NamedPorts4 {
+                    address.parse::<Ipv4Addr>().ok()?.octets().to_vec()
+                } else {
+                    address.parse::<Ipv6Addr>().ok()?.octets().to_vec()
+                };
+                key.extend([protocol.parse::<u8>().ok()?, 0, 0, 0]);
+                key.extend(port.parse::<u16>().ok()?.to_be_bytes());
+                key.extend([0, 0]);
+                key
+            }
+            SetKind::Nets4 | SetKind::Nets6 => return None,
+        };
+        Some(Element { key, verdict: None })
+    }
+
+    /// A verdict-map element keyed on interface name `ifname` (`type ifname`: 16 bytes, NUL
+    /// padded); `None` if the name is too long or contains a NUL.
+    pub fn of_interface(ifname: &str, verdict: Option<Verdict>) -> Option<Element> {
+        if ifname.is_empty() || ifname.len() > IFNAME_MAX || ifname.contains('\0') {
+            return None;
+        }
+        let mut key = ifname.as_bytes().to_vec();
+        key.resize(IFNAME_MAX + 1, 0);
+        Some(Element { key, verdict })
+    }
+}
+
+/// The rule shapes of an endpoint chain (see `render::endpoint_chain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointRule {
+    /// `meta mark set meta mark & ~PASS_MARK`.
+    ClearPassMark,
+    /// `jump <chain>`.
+    Jump(String),
+    /// `meta mark & PASS_MARK == 0 jump <chain>`.
+    JumpUnlessPassed(String),
+    /// `meta mark & PASS_MARK == 0 drop`.
+    DropUnlessPassed,
+    /// `drop`.
+    Drop,
+}
+
+impl EndpointRule {
+    /// Parses one rule as rendered for nft; `None` if it is not an endpoint-chain shape.
+    pub fn parse(text: &str) -> Option<EndpointRule> {
+        let clear = format!("meta mark set meta mark & {:#010x}", !PASS_MARK);
+        let unless_passed = format!("meta mark & {PASS_MARK:#010x} == 0 ");
+        if text == clear {
+            return Some(EndpointRule::ClearPassMark);
+        }
+        if text == "drop" {
+            return Some(EndpointRule::Drop);
+        }
+        if let Some(chain) = text.strip_prefix("jump ") {
+            return plain_chain(chain).map(|c| EndpointRule::Jump(c.to_string()));
+        }
+        let rest = text.strip_prefix(&unless_passed)?;
+        if rest == "drop" {
+            return Some(EndpointRule::DropUnlessPassed);
+        }
+        let chain = rest.strip_prefix("jump ")?;
+        plain_chain(chain).map(|c| EndpointRule::JumpUnlessPassed(c.to_string()))
+    }
+
+    /// The rule's expressions.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mark_and = |out: &mut Vec<u8>, mask: u32| {
+            expr(out, "meta", |o| {
+                attr_u32(o, NFTA_META_DREG, NFT_REG_1);
+                attr_u32(o, NFTA_META_KEY, NFT_META_MARK);
+            });
+            expr(out, "bitwise", |o| {
+                attr_u32(o, NFTA_BITWISE_SREG, NFT_REG_1);
+                attr_u32(o, NFTA_BITWISE_DREG, NFT_REG_1);
+                attr_u32(o, NFTA_BITWISE_LEN, 4);
+                nest(o, NFTA_BITWISE_MASK, |o| {
+                    attr(o, NFTA_DATA_VALUE, &mask.to_ne_bytes());
+                });
+                nest(o, NFTA_BITWISE_XOR, |o| attr(o, NFTA_DATA_VALUE, &[0; 4]));
+            });
+        };
+        let unless_passed = |out: &mut Vec<u8>| {
+            mark_and(out, PASS_MARK);
+            expr(out, "cmp", |o| {
+                attr_u32(o, NFTA_CMP_SREG, NFT_REG_1);
+                attr_u32(o, NFTA_CMP_OP, NFT_CMP_EQ);
+                nest(o, NFTA_CMP_DATA, |o| attr(o, NFTA_DATA_VALUE, &[0; 4]));
+            });
+        };
+        match self {
+            EndpointRule::ClearPassMark => {
+                mark_and(out, !PASS_MARK);
+                expr(out, "meta", |o| {
+                    attr_u32(o, NFTA_META_KEY, NFT_META_MARK);
+                    attr_u32(o, NFTA_META_SREG, NFT_REG_1);
+                });
+            }
+            EndpointRule::Jump(chain) => immediate(out, &Verdict::Jump(chain.clone())),
+            EndpointRule::JumpUnlessPassed(chain) => {
+                unless_passed(out);
+                immediate(out, &Verdict::Jump(chain.clone()));
+            }
+            EndpointRule::DropUnlessPassed => {
+                unless_passed(out);
+                immediate(out, &Verdict::Drop);
+            }
+            EndpointRule::Drop => immediate(out, &Verdict::Drop),
+        }
+    }
+}
+
+/// One change in a batch, in table `inet felis`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Adds elements to a set or map (existing identical elements are no error).
+    AddElements {
+        /// Set or map name.
+        set: String,
+        /// The elements.
+        elements: Vec<Element>,
+    },
+    /// Deletes elements from a set or map (by key).
+    DeleteElements {
+        /// Set or map name.
+        set: String,
+        /// The elements.
+        elements: Vec<Element>,
+    },
+    /// Creates a regular chain (an existing one is no error).
+    AddChain(String),
+    /// Deletes every rule of a chain.
+    FlushChain(String),
+    /// Deletes a chain (and its rules).
+    DeleteChain(String),
+    /// Appends a rule to a chain.
+    AddRule {
+        /// Chain name.
+        chain: String,
+        /// The rule.
+        rule: EndpointRule,
+    },
+}
+
+impl Op {
+    /// A short description for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::AddElements { set, elements } => {
+                format!("add {} element(s) to {set}", elements.len())
+            }
+            Op::DeleteElements { set, elements } => {
+                format!("delete {} element(s) from {set}", elements.len())
+            }
+            Op::AddChain(chain) => format!("add chain {chain}"),
+            Op::FlushChain(chain) => format!("flush chain {chain}"),
+            Op::DeleteChain(chain) => format!("delete chain {chain}"),
+            Op::AddRule { chain, rule } => format!("add rule {rule:?} to chain {chain}"),
+        }
+    }
+}
+
+/// An encoded batch: `BATCH_BEGIN`, the messages, `BATCH_END`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    /// Sequence number of the first message after `BATCH_BEGIN`.
+    first_seq: u32,
+    /// What each acked message does, in sequence order.
+    messages: Vec<String>,
+}
+
+impl Batch {
+    /// Encodes `ops` with sequence numbers from `seq` on.
+    pub fn encode(ops: &[Op], seq: u32) -> Batch {
+        let mut batch = Batch {
+            bytes: Vec::with_capacity(4096),
+            first_seq: seq.wrapping_add(1),
+            messages: Vec::new(),
+        };
+        message(
+            &mut batch.bytes,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            seq,
+            AF_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+            |_| {},
+        );
+        for op in ops {
+            batch.op(op);
+        }
+        let end = batch.first_seq.wrapping_add(batch.len());
+        message(
+            &mut batch.bytes,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            end,
+            AF_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+            |_| {},
+        );
+        batch
+    }
+
+    /// The wire bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of messages between begin and end (each acked).
+    pub fn len(&self) -> u32 {
+        u32::try_from(self.messages.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the batch has no message.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The sequence number following this batch.
+    pub fn next_seq(&self) -> u32 {
+        self.first_seq.wrapping_add(self.len()).wrapping_add(1)
+    }
+
+    fn push(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        description: String,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let seq = self.first_seq.wrapping_add(self.len());
+        message(
+            &mut self.bytes,
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            seq,
+            NFPROTO_INET,
+            0,
+            body,
+        );
+        self.messages.push(description);
+    }
+
+    fn op(&mut self, op: &Op) {
+        match op {
+            Op::AddElements { set, elements } | Op::DeleteElements { set, elements } => {
+                let (kind, flags) = match op {
+                    Op::AddElements { .. } => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+                    _ => (NFT_MSG_DELSETELEM, 0),
+                };
+                // Split so that each element list stays within a nested attribute's length.
+                let mut start = 0;
+                while start < elements.len() {
+                    let mut size = 0;
+                    let mut end = start;
+                    while end < elements.len() && (end == start || size < MAX_ELEMENT_LIST) {
+                        size += element_size(&elements[end]);
+                        end += 1;
+                    }
+                    let chunk = &elements[start..end];
+                    self.push(kind, flags, op.describe(), |o| {
+                        attr_str(o, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                        attr_str(o, NFTA_SET_ELEM_LIST_SET, set);
+                        nest(o, NFTA_SET_ELEM_LIST_ELEMENTS, |o| {
+                            for element in chunk {
+                                nest(o, NFTA_LIST_ELEM, |o| {
+                                    nest(o, NFTA_SET_ELEM_KEY, |o| {
+                                        attr(o, NFTA_DATA_VALUE, &element.key);
+                                    });
+                                    if let Some(verdict) = &element.verdict {
+                                        nest(o, NFTA_SET_ELEM_DATA, |o| verdict_data(o, verdict));
+                                    }
+                                });
+                            }
+                        });
+                    });
+                    start = end;
+                }
+            }
+            Op::AddChain(chain) => self.push(NFT_MSG_NEWCHAIN, NLM_F_CREATE, op.describe(), |o| {
+                attr_str(o, NFTA_CHAIN_TABLE, TABLE);
+                attr_str(o, NFTA_CHAIN_NAME, chain);
+            }),
+            Op::FlushChain(chain) => self.push(NFT_MSG_DELRULE, 0, op.describe(), |o| {
+                attr_str(o, NFTA_RULE_TABLE, TABLE);
+                attr_str(o, NFTA_RULE_CHAIN, chain);
+            }),
+            Op::DeleteChain(chain) => self.push(NFT_MSG_DELCHAIN, 0, op.describe(), |o| {
+                attr_str(o, NFTA_CHAIN_TABLE, TABLE);
+                attr_str(o, NFTA_CHAIN_NAME, chain);
+            }),
+            Op::AddRule { chain, rule } => self.push(
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND,
+                op.describe(),
+                |o| {
+                    attr_str(o, NFTA_RULE_TABLE, TABLE);
+                    attr_str(o, NFTA_RULE_CHAIN, chain);
+                    nest(o, NFTA_RULE_EXPRESSIONS, |o| rule.encode(o));
+                },
+            ),
+        }
+    }
+}
+
+/// A `NETLINK_NETFILTER` socket in the network namespace it was opened in.
+#[derive(Debug)]
+pub struct NetlinkSession {
+    socket: Socket,
+    seq: u32,
+    buffer: Vec<u8>,
+}
+
+impl NetlinkSession {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> Result<NetlinkSession, Error> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(Error::Netlink)?;
+        socket.bind_auto().map_err(Error::Netlink)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(Error::Netlink)?;
+        // Acks carry only the header of the message they answer; errors say why.
+        socket.set_cap_ack(true).map_err(Error::Netlink)?;
+        socket.set_ext_ack(true).map_err(Error::Netlink)?;
+        socket.set_non_blocking(true).map_err(Error::Netlink)?;
+        socket.set_rx_buf_sz(1 << 20).map_err(Error::Netlink)?;
+        // Sequence numbers only need to differ between batches of this socket.
+        let seq = u32::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() & 0xffff)
+                .unwrap_or(0),
+        )
+        .unwrap_or(0)
+            << 16;
+        Ok(NetlinkSession {
+            socket,
+            seq,
+            buffer: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends `ops` as one transaction and waits for the kernel's verdict on each message.
+    pub fn commit(&mut self, ops: &[Op]) -> Result<(), Error> {
+        let batch = self.batch(ops);
+        self.commit_batch(&batch)
+    }
+
+    /// Encodes `ops` with this session's next sequence numbers.
+    pub fn batch(&self, ops: &[Op]) -> Batch {
+        Batch::encode(ops, self.seq)
+    }
+
+    /// Sends a batch from [`batch`](NetlinkSession::batch) as one transaction and waits for the
+    /// kernel's verdict on each message.
+    pub fn commit_batch(&mut self, batch: &Batch) -> Result<(), Error> {
+        self.seq = batch.next_seq();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.send(batch)?;
+        self.receive(batch)
+    }
+
+    fn send(&self, batch: &Batch) -> Result<(), Error> {
+        let sent = self.socket.send(batch.bytes(), 0).map_err(Error::Netlink)?;
+        if sent != batch.bytes().len() {
+            return Err(Error::Netlink(std::io::Error::other(format!(
+                "sent {sent} of {} bytes",
+                batch.bytes().len()
+            ))));
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, batch: &Batch) -> Result<(), Error> {
+        let mut acked = vec![false; batch.messages.len()];
+        let mut pending = acked.len();
+        let mut errors: Vec<String> = Vec::new();
+        // The kernel answers inside sendmsg; allow a little slack anyway before giving up.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pending > 0 {
+            self.buffer.clear();
+            match self.socket.recv(&mut self.buffer, 0) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(Error::Netlink(std::io::Error::other(format!(
+                            "{pending} of {} messages were never acknowledged",
+                            acked.len()
+                        ))));
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                Err(e) => return Err(Error::Netlink(e)),
+            }
+            for reply in parse_replies(&self.buffer) {
+                let Some(index) = reply
+                    .seq
+                    .checked_sub(batch.first_seq)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .filter(|i| *i < acked.len())
+                else {
+                    continue; // a reply to an earlier batch
+                };
+                if let Some(slot) = acked.get_mut(index)
+                    && !*slot
+                {
+                    *slot = true;
+                    pending -= 1;
+                }
+                if reply.errno != 0 {
+                    let what = batch.messages.get(index).map_or("?", String::as_str);
+                    let reason = std::io::Error::from_raw_os_error(reply.errno);
+                    let detail = reply.message.map(|m| format!(" ({m})")).unwrap_or_default();
+                    errors.push(format!("{what}: {reason}{detail}"));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Refused(errors.join("; ")))
+        }
+    }
+}
+
+/// One `NLMSG_ERROR` reply: the sequence number it answers, `errno` (0: success), and the
+/// extended-ack message if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Sequence number of the message answered.
+    pub seq: u32,
+    /// 0 for an ack, else a positive errno.
+    pub errno: i32,
+    /// The kernel's explanation.
+    pub message: Option<String>,
+}
+
+/// The `NLMSG_ERROR` replies in a datagram (other messages and malformed tails are skipped).
+pub fn parse_replies(mut bytes: &[u8]) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    while bytes.len() >= NLMSG_HEADER {
+        let length = u32_at(bytes, 0).and_then(|l| usize::try_from(l).ok());
+        let Some(length) = length.filter(|l| *l >= NLMSG_HEADER && *l <= bytes.len()) else {
+            break;
+        };
+        let kind = u16_at(bytes, 4);
+        let flags = u16_at(bytes, 6).unwrap_or(0);
+        let body = bytes.get(NLMSG_HEADER..length).unwrap_or_default();
+        if kind == Some(NLMSG_ERROR) && body.len() >= 4 + NLMSG_HEADER {
+            let error = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+            let seq = u32_at(body, 4 + 8).unwrap_or(0);
+            let original_length = u32_at(body, 4)
+                .and_then(|l| usize::try_from(l).ok())
+                .unwrap_or(NLMSG_HEADER);
+            let mut message = None;
+            if flags & NLM_F_ACK_TLVS != 0 {
+                // With NETLINK_CAP_ACK only the original header is echoed, else all of it.
+                let echoed = if flags & 0x100 != 0 {
+                    NLMSG_HEADER
+                } else {
+                    align(original_length)
+                };
+                let mut tlvs = body.get(4 + echoed..).unwrap_or_default();
+                while tlvs.len() >= 4 {
+                    let len = usize::from(u16_at(tlvs, 0).unwrap_or(0));
+                    let kind = u16_at(tlvs, 2).unwrap_or(0);
+                    if len < 4 || len > tlvs.len() {
+                        break;
+                    }
+                    if kind == NLMSGERR_ATTR_MSG {
+                        let text = &tlvs[4..len];
+                        let text = text.split(|b| *b == 0).next().unwrap_or_default();
+                        message = Some(String::from_utf8_lossy(text).into_owned());
+                    }
+                    tlvs = tlvs.get(align(len)..).unwrap_or_default();
+                }
+            }
+            replies.push(Reply {
+                seq,
+                errno: error.saturating_neg(),
+                message,
+            });
+        }
+        bytes = bytes.get(align(length)..).unwrap_or_default();
+    }
+    replies
+}
+
+/// `chain` if it is a plain object name (as `render::object_name` makes them).
+fn plain_chain(chain: &str) -> Option<&str> {
+    let plain = !chain.is_empty()
+        && chain.len() < 256
+        && chain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    plain.then_some(chain)
+}
+
+fn align(length: usize) -> usize {
+    (length + 3) & !3
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    let b = bytes.get(at..at + 2)?;
+    Some(u16::from_ne_bytes([b[0], b[1]]))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Writes one netlink message: header, `nfgenmsg`, then `body`.
+fn message(
+    out: &mut Vec<u8>,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
+    out.extend([0; 4]); // length, patched below
+    out.extend(kind.to_ne_bytes());
+    out.extend(flags.to_ne_bytes());
+    out.extend(seq.to_ne_bytes());
+    out.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
+    out.push(family);
+    out.push(0); // NFNETLINK_V0
+    out.extend(res_id.to_be_bytes());
+    body(out);
+    patch_length32(out, start);
+}
+
+fn patch_length32(out: &mut [u8], start: usize) {
+    let length = u32::try_from(out.len() - start).unwrap_or(u32::MAX);
+    if let Some(slot) = out.get_mut(start..start + 4) {
+        slot.copy_from_slice(&length.to_ne_bytes());
+    }
+}
+
+fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let length = u16::try_from(4 + payload.len()).unwrap_or(u16::MAX);
+    out.extend(length.to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
+    out.extend(payload);
+    out.resize(align(out.len()), 0);
+}
+
+fn attr_str(out: &mut Vec<u8>, kind: u16, value: &str) {
+    let mut payload = Vec::with_capacity(value.len() + 1);
+    payload.extend(value.as_bytes());
+    payload.push(0);
+    attr(out, kind, &payload);
+}
+
+fn attr_u32(out: &mut Vec<u8>, kind: u16, value: u32) {
+    attr(out, kind, &value.to_be_bytes());
+}
+
+fn nest(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend([0; 2]);
+    out.extend((kind | NLA_F_NESTED).to_ne_bytes());
+    body(out);
+    let length = u16::try_from(out.len() - start).unwrap_or(u16::MAX);
+    if let Some(slot) = out.get_mut(start..start + 2) {
+        slot.copy_from_slice(&length.to_ne_bytes());
+    }
+}
+
+fn expr(out: &mut Vec<u8>, name: &str, data: impl FnOnce(&mut Vec<u8>)) {
+    nest(out, NFTA_LIST_ELEM, |o| {
+        attr_str(o, NFTA_EXPR_NAME, name);
+        nest(o, NFTA_EXPR_DATA, data);
+    });
+}
+
+fn immediate(out: &mut Vec<u8>, verdict: &Verdict) {
+    expr(out, "immediate", |o| {
+        attr_u32(o, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+        nest(o, NFTA_IMMEDIATE_DATA, |o| verdict_data(o, verdict));
+    });
+}
+
+fn verdict_data(out: &mut Vec<u8>, verdict: &Verdict) {
+    nest(out, NFTA_DATA_VERDICT, |o| {
+        let (code, chain) = match verdict {
+            Verdict::Accept => (NF_ACCEPT, None),
+            Verdict::Drop => (NF_DROP, None),
+            Verdict::Jump(chain) => (NFT_JUMP, Some(chain)),
+            Verdict::Goto(chain) => (NFT_GOTO, Some(chain)),
+        };
+        attr(o, NFTA_VERDICT_CODE, &code.to_be_bytes());
+        if let Some(chain) = chain {
+            attr_str(o, NFTA_VERDICT_CHAIN, chain);
+        }
+    });
+}
+
+/// Upper bound of an element's encoded size.
+fn element_size(element: &Element) -> usize {
+    let verdict = match &element.verdict {
+        Some(Verdict::Jump(c) | Verdict::Goto(c)) => 32 + c.len(),
+        Some(_) => 24,
+        None => 0,
+    };
+    16 + align(element.key.len()) + verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn endpoint_rules_parse_from_their_rendering() {
+        let cases = [
+            (
+                "meta mark set meta mark & 0xffefffff",
+                EndpointRule::ClearPassMark,
+            ),
+            ("jump pi-prod/web", EndpointRule::Jump("pi-prod/web".into())),
+            (
+                "meta mark & 0x00100000 == 0 jump pi-x",
+                EndpointRule::JumpUnlessPassed("pi-x".into()),
+            ),
+            (
+                "meta mark & 0x00100000 == 0 drop",
+                EndpointRule::DropUnlessPassed,
+            ),
+            ("drop", EndpointRule::Drop),
+        ];
+        for (text, rule) in cases {
+            assert_eq!(EndpointRule::parse(text), Some(rule), "{text}");
+        }
+        for text in ["accept", "ip saddr @pol-s0-4h accept", "jump a b", "jump "] {
+            assert_eq!(EndpointRule::parse(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn elements_encode_in_kernel_layout() {
+        let e = Element::of_set(SetKind::Hosts4, "10.0.0.1").unwrap();
+        assert_eq!(hex(&e.key), "0a000001");
+        let e = Element::of_set(SetKind::NamedPorts4, "10.0.0.2 . 6 . 8080").unwrap();
+        assert_eq!(
+            hex(&e.key),
+            "0a000002".to_string() + "06000000" + "1f900000"
+        );
+        let e = Element::of_set(SetKind::Hosts6, "fd00::1").unwrap();
+        assert_eq!(hex(&e.key), "fd000000000000000000000000000001");
+        assert!(Element::of_set(SetKind::Nets4, "10.0.0.0/8").is_none());
+        assert!(Element::of_set(SetKind::Hosts4, "fd00::1").is_none());
+        let e = Element::of_interface("cali1", None).unwrap();
+        assert_eq!(
+            hex(&e.key),
+            "63616c6931000000".to_string() + "0000000000000000"
+        );
+        assert!(Element::of_interface("cali0123456789abc", None).is_none());
+    }
+
+    #[test]
+    fn batch_is_framed_by_begin_and_end_with_consecutive_sequence_numbers() {
+        let ops = [Op::AddElements {
+            set: "pol-s0-4h".into(),
+            elements: vec![Element::of_set(SetKind::Hosts4, "10.0.0.1").unwrap()],
+        }];
+        let batch = Batch::encode(&ops, 100);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.next_seq(), 103);
+        let bytes = batch.bytes();
+        // BATCH_BEGIN: 20 bytes, type 0x10, flags REQUEST, seq 100, res_id NFTABLES (big endian).
+        assert_eq!(
+            hex(&bytes[..20]),
+            "14000000".to_string() + "1000" + "0100" + "64000000" + "00000000" + "0000000a"
+        );
+        // NEWSETELEM: type 0x0a0c, flags REQUEST|ACK|CREATE, seq 101, family inet.
+        assert_eq!(hex(&bytes[24..28]), "0c0a0504");
+        assert_eq!(u32_at(bytes, 28), Some(101));
+        assert_eq!(bytes[36], NFPROTO_INET);
+        let tail = &bytes[bytes.len() - 20..];
+        assert_eq!(hex(&tail[4..8]), "11000100");
+        assert_eq!(u32_at(tail, 8), Some(102));
+        let total: usize = 20 + usize::try_from(u32_at(bytes, 20).unwrap()).unwrap() + 20;
+        assert_eq!(total, bytes.len());
+    }
+
+    #[test]
+    fn large_element_lists_are_split_into_several_messages() {
+        let elements: Vec<Element> = (0..10_000u32)
+            .map(|i| Element {
+                key: i.to_be_bytes().to_vec(),
+                verdict: None,
+            })
+            .collect();
+        let batch = Batch::encode(
+            &[Op::AddElements {
+                set: "s".into(),
+                elements,
+            }],
+            0,
+        );
+        assert!(batch.len() >= 3, "{}", batch.len());
+    }
+
+    #[test]
+    fn replies_carry_seq_errno_and_the_extended_ack_message() {
+        // An ack (error 0) for seq 7, then ENOENT for seq 8 with NLMSGERR_ATTR_MSG "no set".
+        let mut bytes = Vec::new();
+        for (seq, error, tlv) in [(7u32, 0i32, None), (8, -2, Some("no set"))] {
+            let mut body = Vec::new();
+            body.extend(error.to_ne_bytes());
+            body.extend(20u32.to_ne_bytes());
+            body.extend([0u8; 4]);
+            body.extend(seq.to_ne_bytes());
+            body.extend([0u8; 4]);
+            let mut flags = 0x100u16;
+            if let Some(text) = tlv {
+                attr_str(&mut body, NLMSGERR_ATTR_MSG, text);
+                flags |= NLM_F_ACK_TLVS;
+            }
+            let length = u32::try_from(16 + body.len()).unwrap();
+            bytes.extend(length.to_ne_bytes());
+            bytes.extend(NLMSG_ERROR.to_ne_bytes());
+            bytes.extend(flags.to_ne_bytes());
+            bytes.extend([0u8; 8]);
+            bytes.extend(body);
+        }
+        assert_eq!(
+            parse_replies(&bytes),
+            [
+                Reply {
+                    seq: 7,
+                    errno: 0,
+                    message: None
+                },
+                Reply {
+                    seq: 8,
+                    errno: 2,
+                    message: Some("no set".into())
+                }
+            ]
+        );
+        assert!(parse_replies(&bytes[..30]).is_empty());
+    }
+}

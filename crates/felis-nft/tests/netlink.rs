@@ -1,0 +1,296 @@
+//! The netlink writer against a real kernel: what it installs must read back (`nft list`)
+//! exactly as the same objects written as `nft` text. Each test in its own namespace.
+
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use felis_nft::PolicyDataplane;
+use felis_nft::Transport;
+use felis_nft::netlink::Element;
+use felis_nft::netlink::EndpointRule;
+use felis_nft::netlink::NetlinkSession;
+use felis_nft::netlink::Op;
+use felis_nft::netlink::Verdict;
+use felis_nft::render::SetKind;
+use felis_policy::Endpoint;
+use felis_policy::Policy;
+use felis_policy::PolicySet;
+use felis_policy::Profile;
+use felis_testns::TestNetns;
+use felis_testns::skip_unless_root;
+
+const SETUP: &str = "add table inet felis
+add set inet felis pol-s0-4h { type ipv4_addr; }
+add set inet felis pol-s0-6h { type ipv6_addr; }
+add set inet felis pol-np1-4 { type ipv4_addr . inet_proto . inet_service; }
+add set inet felis pol-np1-6 { type ipv6_addr . inet_proto . inet_service; }
+add map inet felis pol-to-wl { type ifname : verdict; }
+add chain inet felis pi-a
+add chain inet felis pri-b
+";
+
+const ENDPOINT_RULES: [&str; 6] = [
+    "meta mark set meta mark & 0xffefffff",
+    "jump pi-a",
+    "meta mark & 0x00100000 == 0 jump pi-a",
+    "meta mark & 0x00100000 == 0 drop",
+    "jump pri-b",
+    "drop",
+];
+
+fn nft(args: &[&str]) -> String {
+    let output = Command::new("nft").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The body of `nft list` output from its first line containing `{` on, with `name` replaced.
+fn body(listing: &str, name: &str) -> String {
+    listing.replace(name, "NAME")
+}
+
+#[test]
+fn netlink_objects_read_back_like_their_nft_text() {
+    if skip_unless_root("netlink_objects_read_back_like_their_nft_text") {
+        return;
+    }
+    let ns = TestNetns::new().unwrap();
+    ns.run(|| {
+        felis_nft::nft::apply_script(SETUP).unwrap();
+        // Reference objects, written as text.
+        let mut text = String::from("add chain inet felis tw-text\n");
+        for rule in ENDPOINT_RULES {
+            text.push_str(&format!("add rule inet felis tw-text {rule}\n"));
+        }
+        felis_nft::nft::apply_script(&text).unwrap();
+
+        let mut session = NetlinkSession::open().unwrap();
+        let mut ops = vec![Op::AddChain("tw-netlink".into())];
+        for rule in ENDPOINT_RULES {
+            ops.push(Op::AddRule {
+                chain: "tw-netlink".into(),
+                rule: EndpointRule::parse(rule).unwrap(),
+            });
+        }
+        let element = |kind, text| Element::of_set(kind, text).unwrap();
+        ops.extend([
+            Op::AddElements {
+                set: "pol-s0-4h".into(),
+                elements: vec![
+                    element(SetKind::Hosts4, "10.0.0.1"),
+                    element(SetKind::Hosts4, "10.0.0.2"),
+                ],
+            },
+            Op::AddElements {
+                set: "pol-s0-6h".into(),
+                elements: vec![element(SetKind::Hosts6, "fd00::1")],
+            },
+            Op::AddElements {
+                set: "pol-np1-4".into(),
+                elements: vec![element(SetKind::NamedPorts4, "10.0.0.2 . 6 . 8080")],
+            },
+            Op::AddElements {
+                set: "pol-np1-6".into(),
+                elements: vec![element(SetKind::NamedPorts6, "fd00::2 . 17 . 53")],
+            },
+            Op::AddElements {
+                set: "pol-to-wl".into(),
+                elements: vec![
+                    Element::of_interface("calia", Some(Verdict::Goto("tw-netlink".into())))
+                        .unwrap(),
+                    Element::of_interface("calib", Some(Verdict::Jump("tw-text".into()))).unwrap(),
+                ],
+            },
+        ]);
+        session.commit(&ops).unwrap();
+
+        let text_chain = nft(&["list", "chain", "inet", "felis", "tw-text"]);
+        let netlink_chain = nft(&["list", "chain", "inet", "felis", "tw-netlink"]);
+        assert_eq!(
+            body(&netlink_chain, "tw-netlink"),
+            body(&text_chain, "tw-text")
+        );
+        assert!(
+            netlink_chain.contains("meta mark & 0x00100000 == 0x00000000 jump pi-a"),
+            "{netlink_chain}"
+        );
+        let sets = nft(&["list", "table", "inet", "felis"]);
+        for expected in [
+            "elements = { 10.0.0.1, 10.0.0.2 }",
+            "elements = { fd00::1 }",
+            "elements = { 10.0.0.2 . tcp . 8080 }",
+            "elements = { fd00::2 . udp . 53 }",
+            "\"calia\" : goto tw-netlink",
+            "\"calib\" : jump tw-text",
+        ] {
+            assert!(sets.contains(expected), "{expected} missing from\n{sets}");
+        }
+
+        // Deletions, a flush and a chain removal, in one batch.
+        session
+            .commit(&[
+                Op::DeleteElements {
+                    set: "pol-s0-4h".into(),
+                    elements: vec![element(SetKind::Hosts4, "10.0.0.1")],
+                },
+                Op::DeleteElements {
+                    set: "pol-to-wl".into(),
+                    elements: vec![Element::of_interface("calia", None).unwrap()],
+                },
+                Op::FlushChain("tw-netlink".into()),
+                Op::DeleteChain("tw-netlink".into()),
+                Op::FlushChain("tw-text".into()),
+            ])
+            .unwrap();
+        let after = nft(&["list", "table", "inet", "felis"]);
+        assert!(after.contains("elements = { 10.0.0.2 }"), "{after}");
+        assert!(
+            !after.contains("calia") && !after.contains("tw-netlink"),
+            "{after}"
+        );
+        assert!(
+            !after.contains("jump pi-a"),
+            "tw-text was flushed:\n{after}"
+        );
+    });
+}
+
+#[test]
+fn a_failing_message_aborts_the_whole_batch_and_names_the_object() {
+    if skip_unless_root("a_failing_message_aborts_the_whole_batch_and_names_the_object") {
+        return;
+    }
+    let ns = TestNetns::new().unwrap();
+    ns.run(|| {
+        felis_nft::nft::apply_script(SETUP).unwrap();
+        let mut session = NetlinkSession::open().unwrap();
+        let good = Op::AddElements {
+            set: "pol-s0-4h".into(),
+            elements: vec![Element::of_set(SetKind::Hosts4, "10.0.0.9").unwrap()],
+        };
+        let bad = Op::AddElements {
+            set: "nosuch".into(),
+            elements: vec![Element::of_set(SetKind::Hosts4, "10.0.0.8").unwrap()],
+        };
+        let error = session.commit(&[good.clone(), bad]).unwrap_err();
+        assert!(error.to_string().contains("nosuch"), "{error}");
+        let listing = nft(&["list", "set", "inet", "felis", "pol-s0-4h"]);
+        assert!(!listing.contains("10.0.0.9"), "{listing}");
+        // The socket stays usable.
+        session.commit(&[good]).unwrap();
+        let listing = nft(&["list", "set", "inet", "felis", "pol-s0-4h"]);
+        assert!(listing.contains("10.0.0.9"), "{listing}");
+        // Deleting what is not there fails too.
+        let missing = Op::DeleteElements {
+            set: "pol-s0-4h".into(),
+            elements: vec![Element::of_set(SetKind::Hosts4, "10.0.0.7").unwrap()],
+        };
+        assert!(session.commit(&[missing]).is_err());
+    });
+}
+
+fn pod(index: usize, app: usize) -> Endpoint {
+    Endpoint {
+        name: format!("pod{index}"),
+        namespace: Some("ns".to_string()),
+        labels: [("app".to_string(), format!("app{app}"))].into(),
+        ips: vec![format!("10.100.0.{index}/32").parse().unwrap()],
+        profiles: vec!["kns.ns".to_string()],
+        orchestrator: Some("k8s".to_string()),
+        ..Endpoint::default()
+    }
+}
+
+fn policy(app: usize) -> Policy {
+    serde_json::from_value(serde_json::json!({
+        "name": format!("p{app}"), "namespace": "ns", "selector": format!("app == 'app{app}'"),
+        "types": ["Ingress"],
+        "ingress": [{"action": "Allow", "protocol": "TCP",
+                     "source": {"selector": format!("app == 'app{}'", (app + 1) % 3)},
+                     "destination": {"ports": [8080]}}]
+    }))
+    .unwrap()
+}
+
+/// Endpoints come, change labels and go through the netlink path; after each step the kernel
+/// holds exactly what a full resync of the same program installs.
+#[test]
+fn netlink_deltas_leave_the_kernel_as_a_resync_would() {
+    if skip_unless_root("netlink_deltas_leave_the_kernel_as_a_resync_would") {
+        return;
+    }
+    let ns = TestNetns::new().unwrap();
+    let reference = TestNetns::new().unwrap();
+    let mut set = PolicySet::new();
+    set.add_profile(Profile::allow_all("kns.ns"));
+    for app in 0..3 {
+        set.add_policy(policy(app));
+    }
+    for i in 1..=6 {
+        set.add_endpoint(pod(i, i % 3));
+    }
+    let interfaces: BTreeMap<String, String> = (1..=8)
+        .map(|i| (format!("ns/pod{i}"), format!("cali{i}")))
+        .collect();
+    let mut dataplane = PolicyDataplane::with_config(Default::default(), Transport::Netlink);
+    let program = set.compile(set.endpoints.iter());
+    assert!(
+        ns.run(|| dataplane.apply(&program, &interfaces))
+            .unwrap()
+            .full
+    );
+
+    type Step = Box<dyn Fn(&mut PolicySet)>;
+    let steps: Vec<Step> = vec![
+        Box::new(|s| {
+            s.add_endpoint(pod(7, 1));
+        }),
+        Box::new(|s| {
+            s.add_endpoint(pod(8, 2));
+        }),
+        Box::new(|s| {
+            // Labels changed.
+            s.endpoints.retain(|e| e.name != "pod3");
+            s.add_endpoint(pod(3, 1));
+        }),
+        Box::new(|s| {
+            s.endpoints.retain(|e| e.name != "pod2");
+        }),
+    ];
+    for (n, step) in steps.iter().enumerate() {
+        step(&mut set);
+        let program = set.compile(set.endpoints.iter());
+        let stats = ns.run(|| dataplane.apply(&program, &interfaces)).unwrap();
+        assert!(!stats.full && !stats.is_empty(), "step {n}: {stats:?}");
+        let mut fresh = PolicyDataplane::with_config(Default::default(), Transport::Netlink);
+        reference
+            .run(|| fresh.resync(&program, &interfaces))
+            .unwrap();
+        let installed = ns.run(|| nft(&["-s", "list", "table", "inet", "felis"]));
+        let expected = reference.run(|| nft(&["-s", "list", "table", "inet", "felis"]));
+        assert_eq!(normalize(&installed), normalize(&expected), "step {n}");
+    }
+}
+
+/// A listing with chains in name order (the kernel lists them in creation order).
+fn normalize(listing: &str) -> Vec<String> {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in listing.lines().filter(|l| !l.is_empty() && *l != "}") {
+        if line.starts_with("\tchain ") || line.starts_with("\tset ") || line.starts_with("\tmap ")
+        {
+            blocks.push(std::mem::take(&mut current));
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    blocks.push(current);
+    blocks.sort();
+    blocks
+}
