@@ -88,17 +88,7 @@ pub(crate) fn spawn_agent(
     host: &crate::plan::Host,
 ) -> Result<(), Error> {
     let dir = state_dir(&state.plan.spec.name);
-    let log_path = dir.join(format!("{}.log", host.name));
-    let log_error = |e: std::io::Error| Error::State {
-        path: log_path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(log_error)?;
-    let err_log = log.try_clone().map_err(log_error)?;
+    let (log, err_log) = open_log(state, &format!("{}.log", host.name))?;
     let address = format!("{}/24", host.address);
     Command::new("ip")
         .args(["netns", "exec", &host.netns])
@@ -126,21 +116,27 @@ pub(crate) fn spawn_agent(
     Ok(())
 }
 
-/// Starts the lab's AWS emulator in the router's namespace (logs in `aws.log`), and waits until
-/// it listens.
-pub(crate) fn spawn_aws_emulator(state: &State, felis_binary: &Path) -> Result<(), Error> {
-    let dir = state_dir(&state.plan.spec.name);
-    let log_path = dir.join("aws.log");
-    let log_error = |e: std::io::Error| Error::State {
-        path: log_path.display().to_string(),
+/// Opens (appending) a log file in the lab's state directory, twice: for stdout and stderr.
+fn open_log(state: &State, file: &str) -> Result<(std::fs::File, std::fs::File), Error> {
+    let path = state_dir(&state.plan.spec.name).join(file);
+    let error = |e: std::io::Error| Error::State {
+        path: path.display().to_string(),
         reason: e.to_string(),
     };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
-        .map_err(log_error)?;
-    let err_log = log.try_clone().map_err(log_error)?;
+        .open(&path)
+        .map_err(error)?;
+    let err_log = log.try_clone().map_err(error)?;
+    Ok((log, err_log))
+}
+
+/// Starts the lab's AWS emulator in the router's namespace (logs in `aws.log`), and waits until
+/// it listens.
+pub(crate) fn spawn_aws_emulator(state: &State, felis_binary: &Path) -> Result<(), Error> {
+    let log_path = state_dir(&state.plan.spec.name).join("aws.log");
+    let (log, err_log) = open_log(state, "aws.log")?;
     Command::new("ip")
         .args(["netns", "exec", &state.plan.router_netns])
         .arg(felis_binary)

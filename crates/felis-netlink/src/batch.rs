@@ -33,12 +33,10 @@ use netlink_packet_core::NetlinkMessage;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::route::RouteFlags;
 use netlink_packet_route::route::RouteMessage;
 use netlink_sys::Socket;
 use netlink_sys::SocketAddr;
 use netlink_sys::protocols::NETLINK_ROUTE;
-use rtnetlink::RouteMessageBuilder;
 
 use crate::error::Error;
 use crate::error::Result;
@@ -373,20 +371,7 @@ impl RouteWriter {
     /// The route the kernel would use toward `addr` (`ip route get ADDR fibmatch`): `None` when
     /// nothing forwards there (no route, or a blackhole, unreachable or prohibit route).
     pub fn lookup(&mut self, addr: IpAddr) -> Result<Option<Route>> {
-        let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        let mut message = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(addr, prefix)
-            .map_err(|e| Error::InvalidRoute {
-                dst: addr.to_string(),
-                reason: e.to_string(),
-            })?
-            .build();
-        message.header.flags |= RouteFlags::FibMatch;
-        // A lookup carries no table, protocol, scope or type of its own.
-        message.header.table = 0;
-        message.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
-        message.header.scope = netlink_packet_route::route::RouteScope::Universe;
-        message.header.kind = netlink_packet_route::route::RouteType::Unspec;
+        let message = crate::handle::fib_match_request(addr)?;
         self.send.clear();
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);

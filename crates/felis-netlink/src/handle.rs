@@ -499,20 +499,7 @@ impl Handle {
     /// one lookup instead of a dump, so it stays cheap with a million routes installed.
     /// `None` when nothing routes it.
     pub async fn route_lookup(&self, addr: IpAddr) -> Result<Option<Route>> {
-        let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        let mut message = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(addr, prefix)
-            .map_err(|e| Error::InvalidRoute {
-                dst: addr.to_string(),
-                reason: e.to_string(),
-            })?
-            .build();
-        message.header.flags |= RouteFlags::FibMatch;
-        // A lookup carries no table, protocol, scope or type of its own.
-        message.header.table = 0;
-        message.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
-        message.header.scope = netlink_packet_route::route::RouteScope::Universe;
-        message.header.kind = netlink_packet_route::route::RouteType::Unspec;
+        let message = crate::handle::fib_match_request(addr)?;
         let result: std::result::Result<Vec<RouteMessage>, _> = self
             .inner
             .route()
@@ -921,4 +908,24 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     } else {
         <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)
     }
+}
+
+/// The `RTM_GETROUTE` request of `ip route get fibmatch ADDR`: the routing-table entry the
+/// kernel would use for `addr`.
+pub(crate) fn fib_match_request(addr: IpAddr) -> Result<RouteMessage> {
+    let prefix = if addr.is_ipv4() { 32 } else { 128 };
+    let mut message = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(addr, prefix)
+        .map_err(|e| Error::InvalidRoute {
+            dst: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .build();
+    message.header.flags |= RouteFlags::FibMatch;
+    // A lookup carries no table, protocol, scope or type of its own.
+    message.header.table = 0;
+    message.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
+    message.header.scope = netlink_packet_route::route::RouteScope::Universe;
+    message.header.kind = netlink_packet_route::route::RouteType::Unspec;
+    Ok(message)
 }

@@ -5,56 +5,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod common;
+
 use std::io::Read;
 use std::process::Child;
 use std::process::Command;
-use std::process::Output;
 use std::process::Stdio;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+use common::Lab;
+use common::text;
 
-struct Lab {
-    name: String,
+/// What these tests add to the shared lab guard.
+trait IpipLab {
+    fn check_converged(&self) -> serde_json::Value;
+    fn address(&self, workload: &str) -> String;
+    fn ping_with(&self, from: &str, extra: &[&str], to: &str) -> bool;
 }
 
-impl Lab {
-    /// `felis lab up --name <unique> ARGS`, or `None` when not root.
-    fn up(args: &[&str]) -> Option<Lab> {
-        if !is_root() {
-            eprintln!("skipped: needs root to make network namespaces");
-            return None;
-        }
-        let name = format!(
-            "i{}x{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = Lab { name };
-        let out = lab.felis(&[&["lab", "up", "--name", &lab.name], args].concat());
-        assert!(
-            out.status.success(),
-            "lab up: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        Some(lab)
-    }
-
-    fn felis(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_felis"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn check(&self) -> serde_json::Value {
-        let out = self.felis(&["lab", "check", "--name", &self.name, "-o", "json"]);
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
+impl IpipLab for Lab {
     /// `lab check` until every probe passes (routes learned by BGP may still be on their way
     /// when `lab up` returns), at most 20 s; returns the last report.
     fn check_converged(&self) -> serde_json::Value {
@@ -67,19 +36,6 @@ impl Lab {
             report = self.check();
         }
         report
-    }
-
-    fn netns(&self, what: &str) -> String {
-        format!("{}.{what}", self.name)
-    }
-
-    fn ip(&self, host: &str, args: &str) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.netns(host)])
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        text(&out.stdout)
     }
 
     fn address(&self, workload: &str) -> String {
@@ -101,7 +57,7 @@ impl Lab {
     }
 
     /// Pings `to` from a host's or workload's namespace.
-    fn ping(&self, from: &str, extra: &[&str], to: &str) -> bool {
+    fn ping_with(&self, from: &str, extra: &[&str], to: &str) -> bool {
         Command::new("ip")
             .args(["netns", "exec", &self.netns(from), "ping", "-q", "-W", "1"])
             .args(["-c", "3", "-i", "0.2"])
@@ -111,12 +67,6 @@ impl Lab {
             .status()
             .unwrap()
             .success()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.felis(&["lab", "down", "--name", &self.name]);
     }
 }
 
@@ -174,31 +124,22 @@ impl Drop for Capture {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[test]
 fn ipip_cross_subnet_encapsulates_between_subnets_only_and_every_pair_connects() {
     // h1 and h3 share subnet s1 (10.0.1.0/24); h2 is in s2.
-    let Some(lab) = Lab::up(&[
-        "--hosts",
-        "3",
-        "--subnets",
-        "2",
-        "--workloads",
-        "1",
-        "--pool-mode",
-        "ipip-cross-subnet",
-    ]) else {
+    let Some(lab) = Lab::up(
+        "i",
+        &[
+            "--hosts",
+            "3",
+            "--subnets",
+            "2",
+            "--workloads",
+            "1",
+            "--pool-mode",
+            "ipip-cross-subnet",
+        ],
+    ) else {
         return;
     };
     let report = lab.check_converged();
@@ -261,7 +202,7 @@ fn ipip_cross_subnet_encapsulates_between_subnets_only_and_every_pair_connects()
 
     // What the VPC router sees: protocol 4 between the subnets' hosts, and no pod address.
     let capture = Capture::start(&lab.netns("vpc"), "ip proto 4 or icmp");
-    assert!(lab.ping("h1-w1", &[], &w2));
+    assert!(lab.ping_with("h1-w1", &[], &w2));
     let lines = capture.finish();
     let ipip: Vec<&String> = lines
         .iter()
@@ -277,7 +218,7 @@ fn ipip_cross_subnet_encapsulates_between_subnets_only_and_every_pair_connects()
 
     // Within a subnet: plain pod packets on the bridge, no protocol 4.
     let capture = Capture::start(&lab.netns("vpc"), "ip proto 4 or icmp");
-    assert!(lab.ping("h1-w1", &[], &w3));
+    assert!(lab.ping_with("h1-w1", &[], &w3));
     let lines = capture.finish();
     assert!(
         lines
@@ -294,25 +235,31 @@ fn ipip_cross_subnet_encapsulates_between_subnets_only_and_every_pair_connects()
 
     // Host to remote pod: the tunnel address is the source, so the reply comes back through
     // the tunnel; a full-size packet (route MTU 1480) passes with DF set.
-    assert!(lab.ping("h1", &[], &w2), "host to a pod across subnets");
     assert!(
-        lab.ping("h1", &["-s", "1452", "-M", "do"], &w2),
+        lab.ping_with("h1", &[], &w2),
+        "host to a pod across subnets"
+    );
+    assert!(
+        lab.ping_with("h1", &["-s", "1452", "-M", "do"], &w2),
         "1480-byte packets fit the tunnel"
     );
 }
 
 #[test]
 fn ipip_always_lab_connects_every_pair_and_survives_an_agent_restart() {
-    let Some(lab) = Lab::up(&[
-        "--hosts",
-        "3",
-        "--subnets",
-        "2",
-        "--workloads",
-        "1",
-        "--pool-mode",
-        "ipip",
-    ]) else {
+    let Some(lab) = Lab::up(
+        "i",
+        &[
+            "--hosts",
+            "3",
+            "--subnets",
+            "2",
+            "--workloads",
+            "1",
+            "--pool-mode",
+            "ipip",
+        ],
+    ) else {
         return;
     };
     let report = lab.check_converged();
@@ -320,7 +267,7 @@ fn ipip_always_lab_connects_every_pair_and_survives_an_agent_restart() {
     // Always: even the same-subnet neighbour is reached through IPIP.
     let w3 = lab.address("h3-w1");
     let capture = Capture::start(&lab.netns("vpc"), "ip proto 4");
-    assert!(lab.ping("h1-w1", &[], &w3));
+    assert!(lab.ping_with("h1-w1", &[], &w3));
     let lines = capture.finish();
     assert!(
         lines.iter().any(|l| l.contains("10.0.1.10 > 10.0.1.11")),
@@ -332,7 +279,7 @@ fn ipip_always_lab_connects_every_pair_and_survives_an_agent_restart() {
     let out = lab.felis(&["lab", "agent", "--name", &lab.name, "h1", "stop", "--kill"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        lab.ping("h1-w1", &[], &w3),
+        lab.ping_with("h1-w1", &[], &w3),
         "the dataplane outlives the agent"
     );
     let out = lab.felis(&["lab", "agent", "--name", &lab.name, "h1", "start"]);
