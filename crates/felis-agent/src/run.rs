@@ -186,7 +186,13 @@ pub async fn run(
             address: config.health_address,
             source,
         })?;
-    tokio::spawn(serve_health(listener, ready.clone(), aws_ready.clone()));
+    let metrics = Arc::new(std::sync::Mutex::new(String::new()));
+    tokio::spawn(serve_health(
+        listener,
+        ready.clone(),
+        aws_ready.clone(),
+        metrics.clone(),
+    ));
 
     let store = config.store.clone();
     let node_name = config.node_name.clone();
@@ -303,6 +309,9 @@ pub async fn run(
                 if let Some(runner) = &bgp_runner {
                     #[allow(clippy::disallowed_methods)] // the shell reads the clock for the report
                     let report = runner.status(std::time::SystemTime::now()).await;
+                    if let Ok(mut text) = metrics.lock() {
+                        *text = report.prometheus();
+                    }
                     let path = config.state_dir.join("status.json");
                     if let Err(e) = crate::bgp::write_status_file(&path, &report) {
                         warn!(error = %ErrorChain(&e), "writing the BGP status failed");
@@ -831,6 +840,7 @@ async fn serve_health(
     listener: tokio::net::TcpListener,
     ready: Arc<AtomicBool>,
     aws_ready: Arc<AtomicBool>,
+    metrics: Arc<std::sync::Mutex<String>>,
 ) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
@@ -838,13 +848,19 @@ async fn serve_health(
         };
         let ready = ready.clone();
         let aws_ready = aws_ready.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = stream.read(&mut buf).await.unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let metrics_text;
             let (status, body) = match path {
                 "/liveness" => ("200 OK", "live"),
+                "/metrics" => {
+                    metrics_text = metrics.lock().map(|m| m.clone()).unwrap_or_default();
+                    ("200 OK", metrics_text.as_str())
+                }
                 "/readiness"
                     if ready.load(Ordering::SeqCst) && aws_ready.load(Ordering::SeqCst) =>
                 {

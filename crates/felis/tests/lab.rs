@@ -301,6 +301,29 @@ fn hosts_form_a_bgp_full_mesh_and_node_status_shows_it() {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
     }
+    // The same per peer as Prometheus metrics on the health address (written with the status).
+    let netns = felis_netlink::Netns::open(format!("/run/netns/{}.h1", lab.name)).unwrap();
+    let metrics = netns
+        .run(|| {
+            use std::io::Read as _;
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9099").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            body
+        })
+        .unwrap();
+    let up: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("felis_bgp_peer_up{") && l.ends_with(" 1"))
+        .collect();
+    assert_eq!(up.len(), 2, "{metrics}");
+    assert!(
+        metrics.contains("felis_bgp_peer_prefixes_received{peer="),
+        "{metrics}"
+    );
     let out = Command::new("ip")
         .args([
             "netns",

@@ -51,6 +51,9 @@ pub struct PeerReport {
     pub prefixes: PrefixCounts,
 }
 
+/// A metric: name, help text, and its value for a peer.
+type MetricFamily = (&'static str, &'static str, fn(&PeerReport) -> usize);
+
 /// Prefix counters of a peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixCounts {
@@ -63,6 +66,59 @@ pub struct PrefixCounts {
 }
 
 impl StatusReport {
+    /// The report as Prometheus text (served on the health address's `/metrics`): per peer,
+    /// `felis_bgp_peer_up`, `felis_bgp_peer_state` and the prefix counters, labelled with the
+    /// peer's address, type and AS.
+    pub fn prometheus(&self) -> String {
+        let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = String::new();
+        let families: [MetricFamily; 4] = [
+            (
+                "felis_bgp_peer_up",
+                "Whether the BGP session with the peer is Established (1) or not (0).",
+                |p| usize::from(p.bgp_state == "Established"),
+            ),
+            (
+                "felis_bgp_peer_prefixes_received",
+                "Prefixes the peer announced.",
+                |p| p.prefixes.received,
+            ),
+            (
+                "felis_bgp_peer_prefixes_accepted",
+                "Prefixes of the peer accepted into the RIB.",
+                |p| p.prefixes.accepted,
+            ),
+            (
+                "felis_bgp_peer_prefixes_advertised",
+                "Prefixes advertised to the peer.",
+                |p| p.prefixes.advertised,
+            ),
+        ];
+        for (name, help, value) in families {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for p in &self.peers {
+                out.push_str(&format!(
+                    "{name}{{peer=\"{}\",type=\"{}\",asn=\"{}\"}} {}\n",
+                    p.address,
+                    escape(&p.peer_type),
+                    p.asn,
+                    value(p)
+                ));
+            }
+        }
+        out.push_str(
+            "# HELP felis_bgp_peer_state The BGP FSM state of the peer (1 for its current state).\n# TYPE felis_bgp_peer_state gauge\n",
+        );
+        for p in &self.peers {
+            out.push_str(&format!(
+                "felis_bgp_peer_state{{peer=\"{}\",state=\"{}\"}} 1\n",
+                p.address,
+                escape(&p.bgp_state)
+            ));
+        }
+        out
+    }
+
     /// A report from the speaker's peer statuses and each peer's kind, made at `now`.
     pub fn new(
         statuses: &[PeerStatus],
@@ -257,6 +313,45 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn metrics_name_every_peer_with_its_counters() {
+        let report = StatusReport {
+            running: true,
+            generated: String::new(),
+            generated_unix: 0,
+            peers: vec![PeerReport {
+                address: "10.0.0.2".parse().expect("address"),
+                peer_type: "node-to-node mesh".into(),
+                asn: 64512,
+                state: "up".into(),
+                bgp_state: "Established".into(),
+                since: String::new(),
+                last_error: None,
+                prefixes: PrefixCounts {
+                    received: 3,
+                    accepted: 2,
+                    advertised: 1,
+                },
+            }],
+        };
+        let text = report.prometheus();
+        let labels = "{peer=\"10.0.0.2\",type=\"node-to-node mesh\",asn=\"64512\"}";
+        for line in [
+            format!("felis_bgp_peer_up{labels} 1"),
+            format!("felis_bgp_peer_prefixes_received{labels} 3"),
+            format!("felis_bgp_peer_prefixes_accepted{labels} 2"),
+            format!("felis_bgp_peer_prefixes_advertised{labels} 1"),
+            "felis_bgp_peer_state{peer=\"10.0.0.2\",state=\"Established\"} 1".to_string(),
+            "# TYPE felis_bgp_peer_up gauge".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+
     use felis_bgp::Asn;
     use felis_bgp::rib::PeerCounters;
 
