@@ -304,6 +304,9 @@ pub struct Speaker {
     local_addr: Option<SocketAddr>,
 }
 
+/// Linux's `EAFNOSUPPORT`: the kernel does not support the address family (IPv6 disabled).
+const EAFNOSUPPORT: i32 = 97;
+
 impl Speaker {
     /// Binds the listener (if configured) and starts the speaker. Best routes learned from
     /// peers arrive on the returned channel.
@@ -315,9 +318,22 @@ impl Speaker {
         let mut shared_listener = None;
         let mut accept_task = None;
         if let Some(addr) = config.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Listen { addr, source })?;
+            let listener = match TcpListener::bind(addr).await {
+                Ok(listener) => listener,
+                // A kernel without IPv6 (ipv6.disable=1) cannot open `[::]`: IPv4 only.
+                Err(e)
+                    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                        && e.raw_os_error() == Some(EAFNOSUPPORT) =>
+                {
+                    let v4 =
+                        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port());
+                    warn!(%addr, fallback = %v4, "no IPv6 in this kernel; listening on IPv4 only");
+                    TcpListener::bind(v4)
+                        .await
+                        .map_err(|source| Error::Listen { addr: v4, source })?
+                }
+                Err(source) => return Err(Error::Listen { addr, source }),
+            };
             local_addr = listener.local_addr().ok();
             info!(%addr, "BGP listening");
             let listener = Arc::new(listener);
