@@ -39,21 +39,7 @@ impl IpipLab for Lab {
     }
 
     fn address(&self, workload: &str) -> String {
-        let ps: serde_json::Value = serde_json::from_slice(
-            &self
-                .felis(&["lab", "ps", "--name", &self.name, "-o", "json"])
-                .stdout,
-        )
-        .unwrap();
-        ps["workloads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == workload)
-            .unwrap()["address"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.addresses()[workload].clone()
     }
 
     /// Pings `to` from a host's or workload's namespace.

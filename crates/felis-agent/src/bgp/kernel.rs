@@ -186,6 +186,24 @@ impl Shell {
     }
 }
 
+/// Applies one input once routing is known (a routing input is the caller's); returns whether
+/// it asks for a resync.
+fn feed(fib: &mut Fib, shell: &mut Shell, input: FibInput) -> bool {
+    match input {
+        FibInput::Changes(changes) => {
+            for hop in fib.unresolved(&changes) {
+                let resolved = shell.resolve(hop);
+                fib.add_resolved(hop, resolved);
+            }
+            fib.apply(&changes, |op| shell.push(op));
+        }
+        FibInput::Clear => fib.clear(|op| shell.push(op)),
+        FibInput::Resync => return true,
+        FibInput::Routing(_) => {}
+    }
+    false
+}
+
 fn run(writer: RouteWriter, rx: &mpsc::Receiver<FibInput>, sweep_after: Duration) {
     #[allow(clippy::disallowed_methods)] // the shell reads the clock
     let started = Instant::now();
@@ -213,15 +231,7 @@ fn run(writer: RouteWriter, rx: &mpsc::Receiver<FibInput>, sweep_after: Duration
                     reroute = true;
                 }
                 other if routing.is_none() => early.push(other),
-                FibInput::Changes(changes) => {
-                    for hop in fib.unresolved(&changes) {
-                        let resolved = shell.resolve(hop);
-                        fib.add_resolved(hop, resolved);
-                    }
-                    fib.apply(&changes, |op| shell.push(op));
-                }
-                FibInput::Clear => fib.clear(|op| shell.push(op)),
-                FibInput::Resync => resync = true,
+                other => resync |= feed(&mut fib, &mut shell, other),
             }
             if routing.is_some() && !early.is_empty() {
                 // Replay what came early, now that routes can be decided.
@@ -230,18 +240,7 @@ fn run(writer: RouteWriter, rx: &mpsc::Receiver<FibInput>, sweep_after: Duration
                     fib.reroute(r, BTreeMap::new(), |op| shell.push(op));
                 }
                 for item in replay {
-                    match item {
-                        FibInput::Changes(changes) => {
-                            for hop in fib.unresolved(&changes) {
-                                let resolved = shell.resolve(hop);
-                                fib.add_resolved(hop, resolved);
-                            }
-                            fib.apply(&changes, |op| shell.push(op));
-                        }
-                        FibInput::Clear => fib.clear(|op| shell.push(op)),
-                        FibInput::Resync => resync = true,
-                        FibInput::Routing(_) => {}
-                    }
+                    resync |= feed(&mut fib, &mut shell, item);
                 }
             }
             input = rx.try_recv().ok();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
+use felis_api::time::format_rfc3339;
 use felis_bgp::io::PeerStatus;
 use felis_bgp::session::State;
 use serde::Deserialize;
@@ -141,7 +142,7 @@ impl StatusReport {
                 }
                 .to_string(),
                 bgp_state: s.state.to_string(),
-                since: rfc3339(s.since),
+                since: format_rfc3339(s.since),
                 last_error: s.last_error.clone(),
                 prefixes: PrefixCounts {
                     received: s.counters.received,
@@ -153,7 +154,7 @@ impl StatusReport {
         peers.sort_by_key(|p| p.address);
         StatusReport {
             running: true,
-            generated: rfc3339(now),
+            generated: format_rfc3339(now),
             generated_unix: unix_seconds(now),
             peers,
         }
@@ -163,7 +164,7 @@ impl StatusReport {
     pub fn not_running(now: SystemTime) -> StatusReport {
         StatusReport {
             running: false,
-            generated: rfc3339(now),
+            generated: format_rfc3339(now),
             generated_unix: unix_seconds(now),
             peers: Vec::new(),
         }
@@ -283,34 +284,6 @@ fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of a time (UTC); times before 1970 print as the epoch.
-fn rfc3339(time: SystemTime) -> String {
-    let secs = unix_seconds(time);
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rest = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -383,9 +356,9 @@ mod tests {
 
     #[test]
     fn dates_are_utc_civil_dates() {
-        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(at(NOW)), "2026-11-27T09:14:03Z");
+        assert_eq!(format_rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(format_rfc3339(at(NOW)), "2026-11-27T09:14:03Z");
     }
 
     #[test]
