@@ -173,34 +173,15 @@ pub fn canonical_query(params: &[(String, String)]) -> String {
         .join("&")
 }
 
-/// `(YYYYMMDD, YYYYMMDDTHHMMSSZ)` in UTC for a Unix time.
+/// `(YYYYMMDD, YYYYMMDDTHHMMSSZ)` in UTC for a Unix time: RFC 3339 without its separators.
 #[must_use]
 pub fn amz_timestamps(unix_time: u64) -> (String, String) {
-    let days = unix_time / 86_400;
-    let secs = unix_time % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    let date = format!("{y:04}{m:02}{d:02}");
-    let time = format!(
-        "{:02}{:02}{:02}",
-        secs / 3600,
-        (secs % 3600) / 60,
-        secs % 60
-    );
-    (date.clone(), format!("{date}T{time}Z"))
-}
-
-// Howard Hinnant's days-to-civil algorithm, for days since 1970-01-01 (non-negative here).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_time);
+    let basic: String = felis_api::time::format_rfc3339(time)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    (basic.get(..8).unwrap_or_default().to_string(), basic)
 }
 
 fn normalize_header_value(v: &str) -> String {

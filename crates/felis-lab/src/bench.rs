@@ -405,7 +405,8 @@ fn spawn(netns: &str, args: &[&str]) -> Result<Child, Error> {
         })
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median of `values` (nearest rank: the lower middle of an even count); 0 when empty.
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     percentile(values, 0.5).unwrap_or(0.0)
 }
 

@@ -102,6 +102,64 @@ pub fn state_dir(name: &str) -> PathBuf {
     PathBuf::from("/run/felis/lab").join(name)
 }
 
+/// Writes (or rewrites) the marker `GlobalNetworkSet` `marker` and returns the datastore
+/// revision it was written at: every change made before this call is at or below it.
+/// `felis` is the binary to run the CLI with.
+pub fn mark_revision(state: &State, felis: &std::path::Path, marker: &str) -> Result<i64, Error> {
+    let manifest = format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {{name: {marker}, labels: {{t: t{}}}}}\nspec: {{nets: []}}\n",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    agents::felis(state, felis, &["apply", "-f", "-"], &manifest)?;
+    let out = agents::felis(
+        state,
+        felis,
+        &["get", "globalnetworkset", marker, "-o", "json"],
+        "",
+    )?;
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/metadata/resourceVersion")?
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| Error::Invalid(format!("the marker {marker} has no resourceVersion")))
+}
+
+/// Waits until `host`'s agent in lab `name` has programmed its dataplane (routes and policy)
+/// from the datastore up to `revision`, as its `synced-revision` state file says.
+pub fn wait_synced(
+    name: &str,
+    host: &str,
+    revision: i64,
+    timeout: std::time::Duration,
+) -> Result<(), Error> {
+    let file = state_dir(name).join(host).join("synced-revision");
+    #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let synced: i64 = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if synced >= revision {
+            return Ok(());
+        }
+        #[allow(clippy::disallowed_methods)]
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Invalid(format!(
+                "{host}'s agent did not program revision {revision} within {}s (it is at {synced})",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 impl State {
     /// Reads the state of lab `name`.
     pub fn load(name: &str) -> Result<State, Error> {

@@ -31,6 +31,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::Error;
+use crate::bench::median;
 use crate::State;
 
 /// The port the connection-rate listener uses in the server pod.
@@ -230,54 +231,9 @@ fn manifest(policies: usize, endpoints: usize, hosts: &[&str]) -> Vec<String> {
 /// Waits until the agents on `hosts` have programmed the datastore as it is now (their
 /// `synced-revision` reaches the revision of a marker written last).
 fn wait_synced(state: &State, felis: &Path, hosts: &[&str]) -> Result<(), Error> {
-    let marker = format!(
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {{name: felis-bench-marker, labels: {{t: t{}}}}}\nspec: {{nets: []}}\n",
-        std::process::id()
-    );
-    crate::agents::felis(state, felis, &["apply", "-f", "-"], &marker)?;
-    let out = crate::agents::felis(
-        state,
-        felis,
-        &[
-            "get",
-            "globalnetworkset",
-            "felis-bench-marker",
-            "-o",
-            "json",
-        ],
-        "",
-    )?;
-    let revision: i64 = serde_json::from_str::<serde_json::Value>(&out)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/metadata/resourceVersion")?
-                .as_str()?
-                .parse()
-                .ok()
-        })
-        .ok_or_else(|| Error::Invalid("the marker has no resourceVersion".into()))?;
-    #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let revision = crate::mark_revision(state, felis, "felis-bench-marker")?;
     for host in hosts {
-        let file = crate::state_dir(&state.plan.spec.name)
-            .join(host)
-            .join("synced-revision");
-        loop {
-            let synced: i64 = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            if synced >= revision {
-                break;
-            }
-            #[allow(clippy::disallowed_methods)]
-            if Instant::now() > deadline {
-                return Err(Error::Invalid(format!(
-                    "{host}'s agent did not program revision {revision} within 300s (at {synced})"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_synced(&state.plan.spec.name, host, revision, Duration::from_secs(300))?;
     }
     let _ = crate::agents::felis(
         state,
@@ -354,11 +310,6 @@ fn connection_rate(client: &Pod, server: &Pod, seconds: u64) -> Result<f64, Erro
     stop.store(true, Ordering::SeqCst);
     let _ = acceptor.join();
     count
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[cfg(test)]

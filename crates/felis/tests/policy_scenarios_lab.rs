@@ -499,22 +499,8 @@ fn scenario_endpoints(scenario: &Scenario) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The datastore revision now: the resourceVersion of a marker written last.
-fn current_revision(lab: &Lab, step: usize) -> i64 {
-    lab.apply(&format!(
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {{name: replay-marker, labels: {{step: s{step}}}}}\nspec: {{nets: []}}\n"
-    ));
-    let out = lab.cli(&["get", "globalnetworkset", "replay-marker", "-o", "json"]);
-    let marker: serde_json::Value = serde_json::from_str(&out).unwrap();
-    marker["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn wait_programmed(lab: &Lab, step: usize) {
-    let revision = current_revision(lab, step);
+fn wait_programmed(lab: &Lab) {
+    let revision = lab.mark_revision("replay-marker");
     for host in HOSTS {
         lab.wait_synced(host, revision, Duration::from_secs(30));
     }
@@ -566,7 +552,6 @@ fn replay(
     lab: &Lab,
     hosts: &BTreeMap<String, String>,
     file: &Path,
-    step: &mut usize,
 ) -> (usize, usize, Vec<String>) {
     let yaml = std::fs::read_to_string(file).unwrap();
     let scenario = Scenario::parse(&yaml).unwrap();
@@ -647,8 +632,7 @@ fn replay(
     }
     let applied = manifest.join("\n---\n");
     lab.apply(&applied);
-    *step += 1;
-    wait_programmed(lab, *step);
+    wait_programmed(lab);
     wait_routes(lab, hosts, &attached.workloads);
 
     // Probes the lab can send, and the listeners they need.
@@ -773,11 +757,10 @@ fn every_policy_scenario_replays_as_real_packets_as_traced() {
         let only = only.to_string_lossy().to_string();
         files.retain(|f| f.to_string_lossy().contains(&only));
     }
-    let mut step = 0;
     let (mut sent, mut skipped, mut mismatches) = (0, 0, Vec::new());
     let mut per_file = BTreeMap::new();
     for file in &files {
-        let (s, k, m) = replay(&lab, &hosts, file, &mut step);
+        let (s, k, m) = replay(&lab, &hosts, file);
         per_file.insert(
             file.file_name().unwrap().to_string_lossy().to_string(),
             (s, k),

@@ -148,22 +148,15 @@ impl Lab {
     /// Waits until `host`'s agent has programmed the datastore up to `revision` (its
     /// `synced-revision` state file).
     pub(crate) fn wait_synced(&self, host: &str, revision: i64, timeout: Duration) {
-        let path = format!("/run/felis/lab/{}/{host}/synced-revision", self.name);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let synced: i64 = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            if synced >= revision {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{host}'s agent is at revision {synced}, not {revision}, after {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        felis_lab::wait_synced(&self.name, host, revision, timeout).unwrap();
+    }
+
+    /// Rewrites the marker resource `marker` and returns the datastore revision it got: every
+    /// change made before is at or below it.
+    pub(crate) fn mark_revision(&self, marker: &str) -> i64 {
+        let state = felis_lab::State::load(&self.name).unwrap();
+        felis_lab::mark_revision(&state, std::path::Path::new(env!("CARGO_BIN_EXE_felis")), marker)
+            .unwrap()
     }
 }
 
