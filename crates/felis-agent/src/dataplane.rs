@@ -96,7 +96,7 @@ impl Dataplane {
         }
     }
 
-    /// The IPIP plane (eBPF on tc): its status, and this node's tunnel address.
+    /// The IPIP plane (kernel `tunl0` or eBPF on tc): its status, and this node's tunnel address.
     pub fn ipip_mut(&mut self) -> &mut IpipPlane {
         &mut self.ipip
     }
@@ -352,23 +352,20 @@ impl Dataplane {
                         continue;
                     }
                 },
-                // The eBPF classifiers on the host interface encapsulate (crate::ipip); the
-                // route only picks the interface, the next hop's MAC and the source.
-                RouteTarget::Ipip { via } => match (ipip, self.resolve(*via).await?) {
-                    (Some(ipip), Some((gateway, index))) if index == ipip.ifindex => {
-                        let mut route = Route::new(*dst)
-                            .via(gateway)
-                            .dev(index)
-                            .onlink()
-                            .protocol(RouteProtocol::FELIX);
-                        route.source = ipip.source;
-                        route
+                // `tunl0` or the eBPF classifiers encapsulate: crate::ipip builds the route.
+                RouteTarget::Ipip { via } => {
+                    let next_hop = match ipip {
+                        Some(ipip) if ipip.needs_next_hop() => self.resolve(*via).await?,
+                        _ => None,
+                    };
+                    match ipip.and_then(|ipip| ipip.route(*dst, *via, next_hop)) {
+                        Some(route) => route,
+                        None => {
+                            stats.routes_pending += 1;
+                            continue;
+                        }
                     }
-                    _ => {
-                        stats.routes_pending += 1;
-                        continue;
-                    }
-                },
+                }
             };
             if !matches!(target, RouteTarget::Workload { .. }) {
                 wanted.insert(*dst);

@@ -6,7 +6,8 @@
 //! make no decisions of their own. [`bgp`] is the node's BGP configuration (peers, exports) and
 //! `felis node status`, from the same facts. [`policy`] keeps the policy resources and programs this
 //! node's workload endpoints' network policy through `felis-nft`. [`ipip`] runs IPIP pools
-//! through `felis-ebpf`'s tc classifiers (no kernel `ipip` module needed).
+//! through the kernel's `tunl0` where the kernel has the `ipip` module, else through
+//! `felis-ebpf`'s tc classifiers.
 
 pub mod autodetect;
 pub mod bgp;

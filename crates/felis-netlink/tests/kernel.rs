@@ -420,6 +420,37 @@ fn capability_probe_detects_missing_kinds() -> TestResult {
 }
 
 #[test]
+fn add_ipip_link_creates_tunl0_or_reports_the_missing_module() -> TestResult {
+    if skip_unless_root("add_ipip_link_creates_tunl0_or_reports_the_missing_module") {
+        return Ok(());
+    }
+    let ns = TestNetns::new()?;
+    let supported = felis_netlink::supports_link_kind("ipip")?;
+    block_on(async {
+        let h = ns.handle().await?;
+        // With the module loaded, every namespace gets the kernel's own tunl0.
+        if h.link("tunl0").await?.is_some() {
+            assert!(supported);
+            return Ok(());
+        }
+        match h.add_ipip_link("tunl0").await {
+            Ok(link) => {
+                assert!(supported, "created tunl0 but the probe said no ipip");
+                assert_eq!(link.kind.as_deref(), Some("ipip"));
+            }
+            Err(e) => {
+                // Exactly what this kernel (no ipip module) answers: EOPNOTSUPP ("Unknown
+                // device type"), the errno the agent treats as "no module".
+                assert!(!supported, "{e}");
+                assert!(e.is_not_supported(), "{e:?}");
+                assert_eq!(e.errno(), Some(95), "{e:?}");
+            }
+        }
+        Ok(())
+    })?
+}
+
+#[test]
 fn handle_current_sees_the_calling_threads_namespace() -> TestResult {
     if skip_unless_root("handle_current_sees_the_calling_threads_namespace") {
         return Ok(());
