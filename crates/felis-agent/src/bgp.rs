@@ -38,6 +38,13 @@
 //!   BGPConfiguration's `serviceClusterIPs` and `serviceExternalIPs` CIDRs. Nothing else. Next
 //!   hop: the node's address of the prefix's family. `prefixAdvertisements` attach communities
 //!   (names resolved through `communities`) to exported prefixes inside their CIDR.
+//! - **Filters** (`filters`, BGPFilter names in order): each BGPPeer's peers get the rules of
+//!   its filters, concatenated in that order, as their import and export policy
+//!   ([`felis_bgp::policy`]: first matching rule decides, no match accepts). A filter that does
+//!   not exist is skipped (a problem line); rules with `interface` never match (Felis advertises
+//!   no interface routes; a problem line says so). Mesh peers have no filters. A change of
+//!   filters only is applied to the live session ([`SpeakerCommand::SetPeerPolicy`]).
+//! - **TTL security** (`ttlSecurity`, hops; 0 or unset: off) is passed to the speaker (GTSM).
 //! - **Passwords** (`password.secretKeyRef`, `nodeMeshPassword`) are carried as a [`SecretRef`];
 //!   the shell resolves them (see [`SecretRef`]) just before adding the peer, so secrets never
 //!   enter the calculation, its logs or its JSON.
@@ -60,6 +67,11 @@ use felis_bgp::io::PeerConfig;
 use felis_bgp::io::SpeakerConfig;
 use felis_bgp::packet::update::PathAttributes;
 use felis_bgp::packet::update::RawAttribute;
+use felis_bgp::policy::FilterAction;
+use felis_bgp::policy::FilterRule;
+use felis_bgp::policy::MatchOperator;
+use felis_bgp::policy::PeerPolicy;
+use felis_bgp::policy::Policy;
 use felis_bgp::rib::ChangeKind;
 use felis_bgp::rib::NextHopMode;
 use felis_bgp::rib::RibChange;
@@ -198,6 +210,12 @@ pub struct BgpPeerFacts {
     pub use_node_ip: bool,
     /// `maxRestartTime`, in seconds.
     pub max_restart_time: Option<u16>,
+    /// `ttlSecurity`: GTSM for a peer at most this many hops away (0: off).
+    #[serde(default)]
+    pub ttl_security: Option<u8>,
+    /// `filters`: BGPFilter names, in order.
+    #[serde(default)]
+    pub filters: Vec<String>,
 }
 
 impl BgpPeerFacts {
@@ -222,7 +240,77 @@ impl BgpPeerFacts {
             password: s.password.as_ref().and_then(secret_ref),
             use_node_ip: s.source_address != Some(felis_api::bgp::SourceAddress::None),
             max_restart_time: s.max_restart_time.as_deref().and_then(seconds),
+            ttl_security: s.ttl_security.filter(|hops| *hops > 0),
+            filters: s.filters.clone(),
         }
+    }
+}
+
+/// A `BGPFilter` as the calculation needs it: its rules as speaker policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpFilterFacts {
+    /// The resource's name.
+    pub name: String,
+    /// `importV4` and `importV6`.
+    pub import: Policy,
+    /// `exportV4` and `exportV6`.
+    pub export: Policy,
+    /// How many rules match on `interface` (they never match in Felis).
+    pub interface_rules: usize,
+}
+
+impl BgpFilterFacts {
+    /// The facts of a `BGPFilter` resource.
+    pub fn from_resource(filter: &felis_api::BgpFilter) -> BgpFilterFacts {
+        let s = &filter.spec;
+        let rules = |rules: &[felis_api::bgp::BgpFilterRule]| -> Vec<FilterRule> {
+            rules.iter().map(filter_rule).collect()
+        };
+        let interface_rules = [&s.export_v4, &s.import_v4, &s.export_v6, &s.import_v6]
+            .iter()
+            .flat_map(|r| r.iter())
+            .filter(|r| r.interface.is_some())
+            .count();
+        BgpFilterFacts {
+            name: filter.metadata.name.clone(),
+            import: Policy {
+                v4: rules(&s.import_v4),
+                v6: rules(&s.import_v6),
+            },
+            export: Policy {
+                v4: rules(&s.export_v4),
+                v6: rules(&s.export_v6),
+            },
+            interface_rules,
+        }
+    }
+}
+
+/// One rule of a `BGPFilter` as the speaker evaluates it.
+fn filter_rule(rule: &felis_api::bgp::BgpFilterRule) -> FilterRule {
+    use felis_api::bgp::MatchOperator as Op;
+    let operator = |op: Op| match op {
+        Op::Equal => MatchOperator::Equal,
+        Op::NotEqual => MatchOperator::NotEqual,
+        Op::In => MatchOperator::In,
+        Op::NotIn => MatchOperator::NotIn,
+    };
+    FilterRule {
+        // Validation sets cidr and matchOperator together; a cidr alone is taken as `In`.
+        prefix: rule.cidr.map(|cidr| {
+            (
+                rule.match_operator.map_or(MatchOperator::In, operator),
+                cidr,
+            )
+        }),
+        min_length: rule.prefix_length.and_then(|l| l.min),
+        max_length: rule.prefix_length.and_then(|l| l.max),
+        remote_peers_only: rule.source == Some(felis_api::bgp::BgpFilterSource::RemotePeers),
+        interface: rule.interface.clone(),
+        action: match rule.action {
+            felis_api::bgp::BgpFilterAction::Accept => FilterAction::Accept,
+            felis_api::bgp::BgpFilterAction::Reject => FilterAction::Reject,
+        },
     }
 }
 
@@ -273,6 +361,12 @@ pub struct DesiredPeer {
     pub local_address: Option<IpAddr>,
     /// Graceful restart time we keep the peer's routes for.
     pub max_restart_time: u16,
+    /// TTL security (GTSM): the peer is at most this many hops away.
+    #[serde(default)]
+    pub ttl_security: Option<u8>,
+    /// Import and export policy from the BGPPeer's filters.
+    #[serde(default)]
+    pub policy: PeerPolicy,
 }
 
 /// A BGP community to attach to an exported prefix.
@@ -345,6 +439,8 @@ pub struct BgpInputs<'a> {
     pub configs: &'a BTreeMap<String, BgpConfigFacts>,
     /// BGPPeers by name.
     pub peers: &'a BTreeMap<String, BgpPeerFacts>,
+    /// BGPFilters by name.
+    pub filters: &'a BTreeMap<String, BgpFilterFacts>,
 }
 
 /// The BGP configuration of `inputs.local_node`; `None` when the node is unknown or has no IPv4
@@ -445,6 +541,8 @@ pub fn desired(inputs: &BgpInputs<'_>) -> Option<BgpDesired> {
                         password: password.clone(),
                         local_address: local_address_for(address),
                         max_restart_time: restart,
+                        ttl_security: None,
+                        policy: PeerPolicy::default(),
                     },
                 );
             }
@@ -474,6 +572,7 @@ pub fn desired(inputs: &BgpInputs<'_>) -> Option<BgpDesired> {
             PeerKind::Node
         };
         let restart = spec.max_restart_time.unwrap_or(DEFAULT_RESTART_TIME);
+        let policy = peer_policy(spec, inputs.filters, &mut problems);
         let source_for = |address: IpAddr| {
             if spec.use_node_ip {
                 local_address_for(address)
@@ -508,6 +607,8 @@ pub fn desired(inputs: &BgpInputs<'_>) -> Option<BgpDesired> {
                             password: spec.password.clone(),
                             local_address: source_for(address),
                             max_restart_time: restart,
+                            ttl_security: spec.ttl_security,
+                            policy: policy.clone(),
                         },
                     );
                 }
@@ -549,6 +650,8 @@ pub fn desired(inputs: &BgpInputs<'_>) -> Option<BgpDesired> {
                     password: spec.password.clone(),
                     local_address: source_for(address),
                     max_restart_time: restart,
+                    ttl_security: spec.ttl_security,
+                    policy,
                 },
             );
         }
@@ -657,6 +760,14 @@ pub enum SpeakerCommand {
     },
     /// Remove a peer ([`felis_bgp::io::Speaker::remove_peer`]).
     RemovePeer(IpAddr),
+    /// Replace a peer's filters on its live session
+    /// ([`felis_bgp::io::Speaker::set_peer_policy`]).
+    SetPeerPolicy {
+        /// The peer.
+        address: IpAddr,
+        /// Its new import and export policy.
+        policy: PeerPolicy,
+    },
     /// Announce a prefix ([`felis_bgp::io::Speaker::originate`]).
     Originate {
         /// The prefix.
@@ -691,6 +802,8 @@ impl BgpDesired {
         config.next_hop_v4 = Some(self.router_id);
         config.next_hop_v6 = self.local_ipv6;
         config.local_address = peer.local_address;
+        config.ttl_security = peer.ttl_security;
+        config.policy = peer.policy.clone();
         config
     }
 
@@ -702,8 +815,9 @@ impl BgpDesired {
 
 /// The speaker calls that take a speaker configured as `old` (`None`: no speaker) to `new`
 /// (`None`: stop it). A change of AS, router id, listen port or cluster id restarts the
-/// speaker; a changed peer is removed and added again; otherwise only the difference is applied:
-/// peers removed; prefixes withdrawn, then announced; peers added.
+/// speaker; a changed peer is removed and added again, unless only its filters changed (those
+/// are replaced on the live session); otherwise only the difference is applied: peers removed;
+/// prefixes withdrawn, then announced; filters replaced; peers added.
 pub fn plan(old: Option<&BgpDesired>, new: Option<&BgpDesired>) -> Vec<SpeakerCommand> {
     let mut commands = Vec::new();
     let Some(new) = new else {
@@ -726,17 +840,28 @@ pub fn plan(old: Option<&BgpDesired>, new: Option<&BgpDesired>) -> Vec<SpeakerCo
     let no_peers = BTreeMap::new();
     let no_exports = BTreeMap::new();
     let (old_peers, old_exports) = old.map_or((&no_peers, &no_exports), |o| (&o.peers, &o.exports));
+    // A peer's session: its configuration without the filters, which change live.
+    let session = |d: &BgpDesired, address: &IpAddr, p: &DesiredPeer| {
+        let mut config = d.peer_config(*address, p);
+        config.policy = PeerPolicy::default();
+        (config, p.password.clone())
+    };
     let old_config = |address: &IpAddr| {
         old.zip(old_peers.get(address))
-            .map(|(o, p)| (o.peer_config(*address, p), &p.password))
+            .map(|(o, p)| session(o, address, p))
     };
-    for address in old_peers.keys() {
-        let kept = new
-            .peers
-            .get(address)
-            .map(|p| (new.peer_config(*address, p), &p.password));
-        if kept != old_config(address) {
+    let mut policy_changes = Vec::new();
+    for (address, old_peer) in old_peers {
+        let kept = new.peers.get(address);
+        if kept.map(|p| session(new, address, p)) != old_config(address) {
             commands.push(SpeakerCommand::RemovePeer(*address));
+        } else if let Some(p) = kept
+            && p.policy != old_peer.policy
+        {
+            policy_changes.push(SpeakerCommand::SetPeerPolicy {
+                address: *address,
+                policy: p.policy.clone(),
+            });
         }
     }
     for prefix in old_exports.keys() {
@@ -752,14 +877,14 @@ pub fn plan(old: Option<&BgpDesired>, new: Option<&BgpDesired>) -> Vec<SpeakerCo
             });
         }
     }
+    commands.extend(policy_changes);
     // Peers last: a session that comes up right away finds every export in the RIB (an
     // End-of-RIB sent before the announcements would make graceful-restart peers drop our
     // stale routes until they arrive).
     for (address, peer) in &new.peers {
-        let config = new.peer_config(*address, peer);
-        if old_config(address) != Some((config.clone(), &peer.password)) {
+        if old_config(address) != Some(session(new, address, peer)) {
             commands.push(SpeakerCommand::AddPeer {
-                config,
+                config: new.peer_config(*address, peer),
                 password: peer.password.clone(),
             });
         }
@@ -808,6 +933,35 @@ pub fn learned_update(change: &RibChange) -> Update {
         }),
         _ => Update::LearnedRouteWithdrawn(change.prefix),
     }
+}
+
+/// The import and export policy of the peers `spec` gives: its filters' rules in order.
+fn peer_policy(
+    spec: &BgpPeerFacts,
+    filters: &BTreeMap<String, BgpFilterFacts>,
+    problems: &mut Vec<String>,
+) -> PeerPolicy {
+    let mut policy = PeerPolicy::default();
+    for name in &spec.filters {
+        let Some(filter) = filters.get(name) else {
+            problems.push(format!(
+                "BGPPeer {}: BGPFilter {name} does not exist; skipped",
+                spec.name
+            ));
+            continue;
+        };
+        if filter.interface_rules > 0 {
+            problems.push(format!(
+                "BGPFilter {name}: rules with `interface` are not supported (Felis advertises \
+                 no interface routes); they never match"
+            ));
+        }
+        policy.import.v4.extend(filter.import.v4.iter().cloned());
+        policy.import.v6.extend(filter.import.v6.iter().cloned());
+        policy.export.v4.extend(filter.export.v4.iter().cloned());
+        policy.export.v6.extend(filter.export.v6.iter().cloned());
+    }
+    policy
 }
 
 /// The node's route reflector cluster id, if it is a reflector.

@@ -45,6 +45,7 @@ use serde::Serialize;
 
 use crate::bgp::BgpConfigFacts;
 use crate::bgp::BgpDesired;
+use crate::bgp::BgpFilterFacts;
 use crate::bgp::BgpNodeFacts;
 use crate::bgp::BgpPeerFacts;
 
@@ -149,6 +150,10 @@ pub enum Update {
     BgpPeerSet(BgpPeerFacts),
     /// A BGPPeer was deleted.
     BgpPeerDeleted(String),
+    /// A BGPFilter was created or changed.
+    BgpFilterSet(BgpFilterFacts),
+    /// A BGPFilter was deleted.
+    BgpFilterDeleted(String),
     /// BGP's best route for a prefix appeared or changed (replaces any earlier one).
     LearnedRoute(LearnedRoute),
     /// BGP no longer has a route for the prefix.
@@ -313,6 +318,7 @@ pub struct CalcGraph {
     endpoints: BTreeMap<String, EndpointFacts>,
     bgp_configs: BTreeMap<String, BgpConfigFacts>,
     bgp_peers: BTreeMap<String, BgpPeerFacts>,
+    bgp_filters: BTreeMap<String, BgpFilterFacts>,
     learned: BTreeMap<IpNet, LearnedRoute>,
     routed_by_bgp: bool,
 }
@@ -328,6 +334,7 @@ impl CalcGraph {
             endpoints: BTreeMap::new(),
             bgp_configs: BTreeMap::new(),
             bgp_peers: BTreeMap::new(),
+            bgp_filters: BTreeMap::new(),
             learned: BTreeMap::new(),
             routed_by_bgp: false,
         }
@@ -433,6 +440,12 @@ impl CalcGraph {
             Update::BgpPeerDeleted(name) => {
                 self.bgp_peers.remove(&name);
             }
+            Update::BgpFilterSet(filter) => {
+                self.bgp_filters.insert(filter.name.clone(), filter);
+            }
+            Update::BgpFilterDeleted(name) => {
+                self.bgp_filters.remove(&name);
+            }
             Update::LearnedRoute(route) => {
                 self.learned.insert(route.prefix, route);
             }
@@ -453,6 +466,7 @@ impl CalcGraph {
             blocks: &self.blocks,
             configs: &self.bgp_configs,
             peers: &self.bgp_peers,
+            filters: &self.bgp_filters,
         })
     }
 
@@ -1085,6 +1099,8 @@ mod tests {
                     Update::BgpConfigDeleted(c) => format!("bgpconfig/{c}"),
                     Update::BgpPeerSet(p) => format!("bgppeer/{}", p.name),
                     Update::BgpPeerDeleted(p) => format!("bgppeer/{p}"),
+                    Update::BgpFilterSet(f) => format!("bgpfilter/{}", f.name),
+                    Update::BgpFilterDeleted(f) => format!("bgpfilter/{f}"),
                     Update::LearnedRoute(r) => format!("learned/{}", r.prefix),
                     Update::LearnedRouteWithdrawn(p) => format!("learned/{p}"),
                     Update::LearnedRoutesCleared => "learned".to_string(),

@@ -11,6 +11,7 @@ use felis_api::Resource;
 use felis_ipam::model::Block;
 
 use crate::bgp::BgpConfigFacts;
+use crate::bgp::BgpFilterFacts;
 use crate::bgp::BgpNodeFacts;
 use crate::bgp::BgpPeerFacts;
 use crate::calc::BlockFacts;
@@ -30,6 +31,7 @@ const WEPS: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
 const BLOCKS: &str = "/calico/ipam/v2/assignment/";
 const BGP_CONFIGS: &str = "/calico/resources/v3/projectcalico.org/bgpconfigurations/";
 const BGP_PEERS: &str = "/calico/resources/v3/projectcalico.org/bgppeers/";
+const BGP_FILTERS: &str = "/calico/resources/v3/projectcalico.org/bgpfilters/";
 
 /// A value the agent could not understand: it is skipped, and said once.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,7 @@ pub fn on_put(local_node: &str, key: &str, value: &[u8]) -> Result<Option<Update
     if !key.starts_with(RESOURCES) {
         return Ok(None);
     }
-    let wanted = [NODES, POOLS, WEPS, BGP_CONFIGS, BGP_PEERS]
+    let wanted = [NODES, POOLS, WEPS, BGP_CONFIGS, BGP_PEERS, BGP_FILTERS]
         .iter()
         .any(|prefix| key.starts_with(prefix));
     if !wanted {
@@ -100,6 +102,9 @@ pub fn on_put(local_node: &str, key: &str, value: &[u8]) -> Result<Option<Update
             Some(Update::BgpConfigSet(BgpConfigFacts::from_resource(&config)))
         }
         Resource::BgpPeer(peer) => Some(Update::BgpPeerSet(BgpPeerFacts::from_resource(&peer))),
+        Resource::BgpFilter(filter) => {
+            Some(Update::BgpFilterSet(BgpFilterFacts::from_resource(&filter)))
+        }
         Resource::WorkloadEndpoint(wep) if wep.spec.node == local_node => {
             Some(Update::EndpointSet(EndpointFacts {
                 key: endpoint_key(key),
@@ -129,6 +134,9 @@ pub fn on_delete(key: &str) -> Option<Update> {
     }
     if let Some(name) = key.strip_prefix(BGP_PEERS) {
         return Some(Update::BgpPeerDeleted(name.to_string()));
+    }
+    if let Some(name) = key.strip_prefix(BGP_FILTERS) {
+        return Some(Update::BgpFilterDeleted(name.to_string()));
     }
     if key.starts_with(WEPS) {
         // Endpoints of other nodes were never added; deleting an unknown key is a no-op.

@@ -155,6 +155,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Setting TTL security (GTSM) on a socket failed.
+    #[error("failed to set TTL security for peer {peer}")]
+    TtlSecurity {
+        /// The peer it is for.
+        peer: IpAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A peer with this address is already configured.
     #[error("peer {0} already exists")]
     PeerExists(IpAddr),

@@ -6,6 +6,7 @@
 //!  packet/   codec: bytes <-> Message (OPEN, UPDATE, NOTIFICATION, KEEPALIVE, ROUTE-REFRESH)
 //!  session   pure RFC 4271 §8 FSM: handle(now, Event, &mut Vec<Action>)
 //!  rib       Adj-RIB-In / Loc-RIB / Adj-RIB-Out, best path (§9.1), RR (RFC 4456), GR stale
+//!  policy    per-peer import/export filters (Calico's BGPFilter), applied by the RIB
 //!  io/       tokio shell: listener, one task per peer, timers, the Speaker handle
 //! ```
 //!
@@ -16,6 +17,7 @@
 pub mod error;
 pub mod io;
 pub mod packet;
+pub mod policy;
 pub mod rib;
 pub mod session;
 

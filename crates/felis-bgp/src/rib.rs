@@ -44,6 +44,9 @@ use crate::packet::update::UpdateView;
 use crate::packet::update::announcements;
 use crate::packet::update::attr_flag;
 use crate::packet::update::withdrawals;
+use crate::policy::PeerPolicy;
+use crate::policy::Policy;
+use crate::policy::RouteOrigin;
 
 /// LOCAL_PREF assumed when none is carried (RFC 4271 §5.1.5; BIRD's default).
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
@@ -86,6 +89,9 @@ pub struct RibPeerConfig {
     pub next_hop_v4: Option<Ipv4Addr>,
     /// Our IPv6 address toward this peer; defaults to the session's local address.
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// Import and export filters (Calico's BGPFilters); empty: everything passes.
+    #[serde(default)]
+    pub policy: PeerPolicy,
 }
 
 impl RibPeerConfig {
@@ -98,6 +104,7 @@ impl RibPeerConfig {
             next_hop_mode: NextHopMode::Auto,
             next_hop_v4: None,
             next_hop_v6: None,
+            policy: PeerPolicy::default(),
         }
     }
 }
@@ -162,7 +169,8 @@ pub struct RibOutput {
 /// Counters of one peer, for `felis node status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PeerCounters {
-    /// Prefixes the peer announced that we hold (accepted or rejected by loop checks).
+    /// Prefixes the peer announced that we hold (accepted, or rejected by loop checks or by
+    /// the import policy).
     pub received: usize,
     /// Prefixes accepted into the RIB.
     pub accepted: usize,
@@ -251,6 +259,9 @@ struct PeerState {
     local_v6: Option<Ipv6Addr>,
     counters: PeerCounters,
     rejected: BTreeSet<IpNet>,
+    /// Routes the import policy rejected, kept so a policy change can admit them without
+    /// asking the peer again (soft reconfiguration).
+    filtered: BTreeMap<IpNet, Arc<RouteAttrs>>,
 }
 
 impl PeerState {
@@ -313,6 +324,7 @@ impl Rib {
             local_v6: None,
             counters: PeerCounters::default(),
             rejected: BTreeSet::new(),
+            filtered: BTreeMap::new(),
         };
         // Ids are never reused, so a late event about a removed peer cannot be taken for
         // a new one.
@@ -453,6 +465,7 @@ impl Rib {
         state.established = false;
         state.counters.advertised = 0;
         state.rejected.clear();
+        state.filtered.clear();
         let keep: Vec<Family> = graceful.map(<[Family]>::to_vec).unwrap_or_default();
         let source = RouteSource::Peer(peer);
         let mut changes = Vec::new();
@@ -506,6 +519,147 @@ impl Rib {
         self.end_of_rib(peer, Family::IPV6_UNICAST, &mut inner);
         out.changes.extend(inner.changes);
         out.updates.extend(inner.updates);
+        self.sweep_interned();
+    }
+
+    /// RFC 4724 §4.2: a restarted peer's session is up again. For each family it did not keep
+    /// forwarding state for (no Forwarding State bit in its new graceful restart capability,
+    /// the family missing from it, or no capability at all), its stale routes go now instead of
+    /// at End-of-RIB. `preserved`: the families whose F bit the new OPEN set.
+    pub fn flush_unpreserved_stale(
+        &mut self,
+        peer: PeerId,
+        preserved: &[Family],
+        out: &mut RibOutput,
+    ) {
+        for family in [Family::IPV4_UNICAST, Family::IPV6_UNICAST] {
+            if !preserved.contains(&family) {
+                self.end_of_rib(peer, family, out);
+            }
+        }
+        self.sweep_interned();
+    }
+
+    /// The peer's import and export policy.
+    pub fn policy(&self, peer: PeerId) -> Option<&PeerPolicy> {
+        self.peer(peer).map(|p| &p.config.policy)
+    }
+
+    /// Replaces a peer's policy on the live session: what the new export policy no longer
+    /// lets through is withdrawn from the peer and what it newly lets through is announced;
+    /// the peer's routes are imported again under the new import policy, from the routes kept
+    /// (accepted ones and the ones the old policy rejected), without asking the peer.
+    pub fn set_policy(&mut self, peer: PeerId, policy: PeerPolicy, out: &mut RibOutput) {
+        let Some(state) = self.peer_mut(peer) else {
+            return;
+        };
+        let old = std::mem::replace(&mut state.config.policy, policy);
+        let established = state.established;
+        let (import_changed, export_changed) = (
+            old.import != state.config.policy.import,
+            old.export != state.config.policy.export,
+        );
+        // Export first, against the Loc-RIB as the peer was last told it; then the import
+        // changes go to every peer (this one included) under the new export policies.
+        if export_changed && established {
+            self.reexport(peer, &old.export, out);
+        }
+        if import_changed {
+            self.reimport(peer, out);
+        }
+    }
+
+    /// Sends `peer` the difference between what `old` and its current export policy let
+    /// through.
+    fn reexport(&mut self, peer: PeerId, old: &Policy, out: &mut RibOutput) {
+        let Some(target) = self.peer(peer) else {
+            return;
+        };
+        let new = &target.config.policy.export;
+        let mut announce = Vec::new();
+        let mut withdraw = Vec::new();
+        for (prefix, paths) in self.entries() {
+            if !target.families.contains(&family_of(&prefix)) {
+                continue;
+            }
+            let Some(best) = paths.best() else {
+                continue;
+            };
+            let origin = origin_of(best.source);
+            let now = new.accepts(&prefix, origin);
+            if old.accepts(&prefix, origin) == now {
+                continue;
+            }
+            let best = Best {
+                source: best.source,
+                attrs: best.attrs.clone(),
+            };
+            if self
+                .export_attrs_unfiltered(&best, prefix, peer, target)
+                .is_none()
+            {
+                continue;
+            }
+            if now {
+                announce.push(BestChange {
+                    prefix,
+                    old: None,
+                    new: Some(best),
+                });
+            } else {
+                withdraw.push(prefix);
+            }
+        }
+        for update in withdrawals(&withdraw) {
+            out.updates.push((peer, update));
+        }
+        if let Some(state) = self.peer_mut(peer) {
+            state.counters.advertised = state.counters.advertised.saturating_sub(withdraw.len());
+        }
+        self.export_to(peer, &announce, out);
+    }
+
+    /// Runs the peer's kept routes through its current import policy again.
+    fn reimport(&mut self, peer: PeerId, out: &mut RibOutput) {
+        let Some(state) = self.peer(peer) else {
+            return;
+        };
+        let policy = &state.config.policy;
+        let source = RouteSource::Peer(peer);
+        let now_rejected: Vec<(IpNet, Arc<RouteAttrs>, bool)> = self
+            .entries()
+            .filter_map(|(prefix, paths)| {
+                let path = paths.as_slice().iter().find(|p| p.source == source)?;
+                (!policy.imports(&prefix)).then(|| (prefix, path.attrs.clone(), path.stale))
+            })
+            .collect();
+        let now_imported: Vec<(IpNet, Arc<RouteAttrs>)> = state
+            .filtered
+            .iter()
+            .filter(|(prefix, _)| policy.imports(prefix))
+            .map(|(prefix, attrs)| (*prefix, attrs.clone()))
+            .collect();
+        let mut changes = Vec::new();
+        for (prefix, attrs, stale) in now_rejected {
+            self.remove_path(prefix, source, &mut changes);
+            // A stale route (the peer is restarting) just goes: the peer sends it again.
+            if !stale
+                && let Some(state) = self.peer_mut(peer)
+                && state.filtered.insert(prefix, attrs).is_none()
+            {
+                state.counters.received += 1;
+            }
+        }
+        for (prefix, attrs) in now_imported {
+            self.forget_unaccepted(peer, &prefix);
+            let path = Path {
+                attrs,
+                source,
+                stale: false,
+            };
+            self.insert_path(prefix, path, &mut changes);
+        }
+        self.export(&changes, out);
         self.sweep_interned();
     }
 
@@ -712,12 +866,20 @@ impl Rib {
 
     fn withdraw(&mut self, peer: PeerId, prefix: IpNet, changes: &mut Vec<BestChange>) {
         let prefix = prefix.trunc();
-        if let Some(state) = self.peer_mut(peer)
-            && state.rejected.remove(&prefix)
-        {
-            state.counters.received = state.counters.received.saturating_sub(1);
-        }
+        self.forget_unaccepted(peer, &prefix);
         self.remove_path(prefix, RouteSource::Peer(peer), changes);
+    }
+
+    /// Forgets that the peer's announcement of `prefix` was rejected (by a loop check or the
+    /// import policy), if it was.
+    fn forget_unaccepted(&mut self, peer: PeerId, prefix: &IpNet) {
+        if let Some(state) = self.peer_mut(peer) {
+            let rejected = state.rejected.remove(prefix);
+            let filtered = state.filtered.remove(prefix).is_some();
+            if rejected || filtered {
+                state.counters.received = state.counters.received.saturating_sub(1);
+            }
+        }
     }
 
     fn announce(
@@ -728,19 +890,26 @@ impl Rib {
         attrs: Option<&Arc<RouteAttrs>>,
         changes: &mut Vec<BestChange>,
     ) {
+        self.forget_unaccepted(peer, &prefix);
+        let imported = self
+            .peer(peer)
+            .is_some_and(|s| s.config.policy.imports(&prefix));
         match attrs {
-            Some(attrs) => {
-                if let Some(state) = self.peer_mut(peer)
-                    && state.rejected.remove(&prefix)
-                {
-                    state.counters.received = state.counters.received.saturating_sub(1);
-                }
+            Some(attrs) if imported => {
                 let path = Path {
                     attrs: attrs.clone(),
                     source,
                     stale: false,
                 };
                 self.insert_path(prefix, path, changes);
+            }
+            Some(attrs) => {
+                self.remove_path(prefix, source, changes);
+                if let Some(state) = self.peer_mut(peer)
+                    && state.filtered.insert(prefix, attrs.clone()).is_none()
+                {
+                    state.counters.received += 1;
+                }
             }
             None => {
                 self.remove_path(prefix, source, changes);
@@ -948,10 +1117,17 @@ impl Rib {
             }
             let v6 = matches!(c.prefix, IpNet::V6(_));
             let mut exported = |b: &Best| {
+                // The policy depends on the prefix, the rest only on (source, attrs, family).
+                if !target.config.policy.exports(&c.prefix, origin_of(b.source)) {
+                    return None;
+                }
                 let key = (b.source, Arc::as_ptr(&b.attrs) as usize, v6);
                 cache
                     .entry(key)
-                    .or_insert_with(|| self.export_attrs(b, c.prefix, peer, target).map(Arc::new))
+                    .or_insert_with(|| {
+                        self.export_attrs_unfiltered(b, c.prefix, peer, target)
+                            .map(Arc::new)
+                    })
                     .clone()
             };
             let old = c.old.as_ref().and_then(&mut exported);
@@ -996,8 +1172,27 @@ impl Rib {
         }
     }
 
-    /// The export rules: whether `best` goes to `target`, and with which attributes.
+    /// The export rules and the target's export policy: whether `best` goes to `target`, and
+    /// with which attributes.
     fn export_attrs(
+        &self,
+        best: &Best,
+        prefix: IpNet,
+        target_id: PeerId,
+        target: &PeerState,
+    ) -> Option<RouteAttrs> {
+        if !target
+            .config
+            .policy
+            .exports(&prefix, origin_of(best.source))
+        {
+            return None;
+        }
+        self.export_attrs_unfiltered(best, prefix, target_id, target)
+    }
+
+    /// The export rules of the protocol (without the target's policy).
+    fn export_attrs_unfiltered(
         &self,
         best: &Best,
         prefix: IpNet,
@@ -1190,6 +1385,14 @@ fn prefixes_from<K: Ord + Copy>(
         .collect()
 }
 
+/// The origin a filter's `source` sees for a path of `source`.
+fn origin_of(source: RouteSource) -> RouteOrigin {
+    match source {
+        RouteSource::Local => RouteOrigin::Local,
+        RouteSource::Peer(_) => RouteOrigin::RemotePeer,
+    }
+}
+
 fn family_of(prefix: &IpNet) -> Family {
     match prefix {
         IpNet::V4(_) => Family::IPV4_UNICAST,
@@ -1267,6 +1470,9 @@ mod tests {
     use super::*;
     use crate::packet::update::MpReach;
     use crate::packet::update::RawAttribute;
+    use crate::policy::FilterAction;
+    use crate::policy::FilterRule;
+    use crate::policy::MatchOperator;
 
     const LOCAL: Asn = Asn(64512);
 
@@ -1933,7 +2139,151 @@ mod tests {
             (rib, peers)
         }
 
+        const PREFIXES: [&str; 5] = [
+            "10.1.0.0/16",
+            "10.1.1.0/24",
+            "10.2.0.0/16",
+            "10.65.0.0/26",
+            "10.66.0.0/26",
+        ];
+
+        fn rule() -> impl Strategy<Value = FilterRule> {
+            (
+                0usize..PREFIXES.len(),
+                0u8..4,
+                any::<bool>(),
+                any::<bool>(),
+                prop::option::of(16u8..30),
+            )
+                .prop_map(|(p, op, remote, accept, min)| {
+                    let operator = [
+                        MatchOperator::Equal,
+                        MatchOperator::NotEqual,
+                        MatchOperator::In,
+                        MatchOperator::NotIn,
+                    ][op as usize];
+                    let action = if accept {
+                        FilterAction::Accept
+                    } else {
+                        FilterAction::Reject
+                    };
+                    FilterRule {
+                        remote_peers_only: remote,
+                        min_length: min.filter(|m| *m >= net(PREFIXES[p]).prefix_len()),
+                        ..FilterRule::cidr(operator, net(PREFIXES[p]), action)
+                    }
+                })
+        }
+
+        fn peer_policy() -> impl Strategy<Value = PeerPolicy> {
+            (
+                prop::collection::vec(rule(), 0..3),
+                prop::collection::vec(rule(), 0..3),
+            )
+                .prop_map(|(import, export)| PeerPolicy {
+                    import: Policy {
+                        v4: import,
+                        v6: vec![],
+                    },
+                    export: Policy {
+                        v4: export,
+                        v6: vec![],
+                    },
+                })
+        }
+
+        /// Peer `a` (eBGP 65001) announces `learned`, we originate 10.65 and 10.66; every peer
+        /// starts with `policies`. Returns the RIB, the peers (a, b, t) and what `t` was sent.
+        fn filtered(policies: [&PeerPolicy; 3]) -> (Rib, [PeerId; 3], BTreeMap<IpNet, ()>) {
+            let mut rib = rib(None);
+            let mut sent = BTreeMap::new();
+            let mut ids = Vec::new();
+            for (i, policy) in policies.iter().enumerate() {
+                let address = format!("10.0.{i}.2");
+                let mut config =
+                    RibPeerConfig::new(address.parse().unwrap(), Asn(65001 + i as u32));
+                config.policy = (*policy).clone();
+                let id = rib.add_peer(config);
+                let mut out = RibOutput::default();
+                rib.peer_up(
+                    id,
+                    PeerUp {
+                        router_id: v4(&address),
+                        families: vec![Family::IPV4_UNICAST],
+                        codec: CodecOptions::FOUR_OCTET,
+                        local_address: format!("10.0.{i}.1").parse().unwrap(),
+                    },
+                    &mut out,
+                );
+                ids.push(id);
+            }
+            let [a, b, t] = [ids[0], ids[1], ids[2]];
+            let mut out = RibOutput::default();
+            rib.originate(net("10.65.0.0/26"), None, &mut out);
+            rib.originate(net("10.66.0.0/26"), None, &mut out);
+            out.updates.extend(
+                apply(
+                    &mut rib,
+                    a,
+                    announce(attrs(&[65001], "10.0.0.2"), &PREFIXES[..3]),
+                )
+                .updates,
+            );
+            out.updates.extend(
+                apply(
+                    &mut rib,
+                    b,
+                    announce(attrs(&[65002, 65009], "10.0.1.2"), &PREFIXES[1..3]),
+                )
+                .updates,
+            );
+            record(&mut sent, &out, t);
+            (rib, [a, b, t], sent)
+        }
+
+        /// Applies the UPDATEs sent to `t` to `sent` (its view of what we advertise).
+        fn record(sent: &mut BTreeMap<IpNet, ()>, out: &RibOutput, t: PeerId) {
+            for update in updates_to(out, t) {
+                for p in &update.withdrawn {
+                    sent.remove(&IpNet::V4(*p));
+                }
+                for p in &update.nlri {
+                    sent.insert(IpNet::V4(*p), ());
+                }
+            }
+        }
+
         proptest! {
+            /// Changing policies on live sessions reaches the same RIBs, counters and
+            /// advertisements as starting with the new policies, and what a peer was sent
+            /// along the way adds up to what we advertise to it.
+            #[test]
+            fn live_policy_changes_equal_starting_with_the_new_policies(
+                before in prop::collection::vec(peer_policy(), 3),
+                after in prop::collection::vec(peer_policy(), 3),
+            ) {
+                let (mut live, peers, mut sent) =
+                    filtered([&before[0], &before[1], &before[2]]);
+                for (peer, policy) in peers.iter().zip(&after) {
+                    let mut out = RibOutput::default();
+                    live.set_policy(*peer, policy.clone(), &mut out);
+                    record(&mut sent, &out, peers[2]);
+                }
+                let (fresh, _, _) = filtered([&after[0], &after[1], &after[2]]);
+                for prefix in PREFIXES {
+                    let best = |r: &Rib| r.best(&net(prefix)).map(|(s, a)| (s, a.path.as_path.clone()));
+                    prop_assert_eq!(best(&live), best(&fresh), "{}", prefix);
+                }
+                for peer in peers {
+                    prop_assert_eq!(live.counters(peer), fresh.counters(peer));
+                    prop_assert_eq!(live.adj_rib_out(peer), fresh.adj_rib_out(peer));
+                    prop_assert_eq!(live.adj_rib_in(peer), fresh.adj_rib_in(peer));
+                }
+                let advertised: BTreeMap<IpNet, ()> =
+                    live.adj_rib_out(peers[2]).into_iter().map(|(p, _)| (p, ())).collect();
+                prop_assert_eq!(sent, advertised);
+            }
+
             #[test]
             fn best_path_does_not_depend_on_arrival_order(
                 paths in prop::collection::vec(path(), 1..8),
@@ -1983,6 +2333,266 @@ mod tests {
                 }
                 prop_assert!(rib.is_empty());
                 prop_assert_eq!(last_kind, Some(ChangeKind::Removed));
+            }
+        }
+    }
+
+    fn reject_v4(operator: MatchOperator, cidr: &str) -> Policy {
+        Policy {
+            v4: vec![FilterRule::cidr(operator, net(cidr), FilterAction::Reject)],
+            v6: vec![],
+        }
+    }
+
+    fn withdrawn_v4(updates: &[Update]) -> Vec<IpNet> {
+        updates
+            .iter()
+            .flat_map(|u| u.withdrawn.iter().map(|p| IpNet::V4(*p)))
+            .collect()
+    }
+
+    fn announced_v4(updates: &[Update]) -> Vec<IpNet> {
+        updates
+            .iter()
+            .flat_map(|u| u.nlri.iter().map(|p| IpNet::V4(*p)))
+            .collect()
+    }
+
+    #[test]
+    fn import_policy_rejects_routes_and_counts_them_received_not_accepted() {
+        let mut rib = rib(None);
+        let mut config = RibPeerConfig::new("10.0.1.2".parse().unwrap(), Asn(65001));
+        config.policy.import = reject_v4(MatchOperator::Equal, "10.2.0.0/16");
+        let a = rib.add_peer(config);
+        let mut out = RibOutput::default();
+        rib.peer_up(
+            a,
+            PeerUp {
+                router_id: v4("10.0.1.2"),
+                families: vec![Family::IPV4_UNICAST],
+                codec: CodecOptions::FOUR_OCTET,
+                local_address: "10.0.1.1".parse().unwrap(),
+            },
+            &mut out,
+        );
+        let out = apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16", "10.2.0.0/16"]),
+        );
+        assert_eq!(out.changes.len(), 1);
+        assert_eq!(out.changes[0].prefix, net("10.1.0.0/16"));
+        assert!(rib.best(&net("10.2.0.0/16")).is_none());
+        let c = rib.counters(a).unwrap();
+        assert_eq!((c.received, c.accepted), (2, 1));
+        // Announced again: still one received; withdrawn: gone from the counters.
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.2.0.0/16"]),
+        );
+        assert_eq!(rib.counters(a).unwrap().received, 2);
+        apply(
+            &mut rib,
+            a,
+            Update {
+                withdrawn: vec!["10.2.0.0/16".parse().unwrap()],
+                ..Update::default()
+            },
+        );
+        let c = rib.counters(a).unwrap();
+        assert_eq!((c.received, c.accepted), (1, 1));
+    }
+
+    #[test]
+    fn a_route_the_import_policy_starts_rejecting_is_withdrawn_from_everyone() {
+        let mut rib = rib(None);
+        let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
+        let b = up(&mut rib, "10.0.2.2", 65002, "10.0.2.2", false);
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16", "10.2.0.0/16"]),
+        );
+        let mut out = RibOutput::default();
+        let policy = PeerPolicy {
+            import: reject_v4(MatchOperator::In, "10.2.0.0/16"),
+            ..PeerPolicy::default()
+        };
+        rib.set_policy(a, policy, &mut out);
+        assert_eq!(out.changes.len(), 1);
+        assert_eq!(out.changes[0].prefix, net("10.2.0.0/16"));
+        assert_eq!(out.changes[0].kind, ChangeKind::Removed);
+        assert_eq!(withdrawn_v4(&updates_to(&out, b)), vec![net("10.2.0.0/16")]);
+        let c = rib.counters(a).unwrap();
+        assert_eq!((c.received, c.accepted), (2, 1));
+        assert_eq!(rib.counters(b).unwrap().advertised, 1);
+
+        // Lifting the filter imports the kept route again, with no word to the peer.
+        let mut out = RibOutput::default();
+        rib.set_policy(a, PeerPolicy::default(), &mut out);
+        assert_eq!(out.changes.len(), 1);
+        assert_eq!(out.changes[0].kind, ChangeKind::Added);
+        assert_eq!(out.changes[0].prefix, net("10.2.0.0/16"));
+        assert!(updates_to(&out, a).is_empty());
+        assert_eq!(announced_v4(&updates_to(&out, b)), vec![net("10.2.0.0/16")]);
+        let c = rib.counters(a).unwrap();
+        assert_eq!((c.received, c.accepted), (2, 2));
+        assert_eq!(rib.counters(b).unwrap().advertised, 2);
+    }
+
+    #[test]
+    fn export_policy_keeps_routes_from_one_peer_only() {
+        let mut rib = rib(None);
+        let mut config = RibPeerConfig::new("10.0.9.2".parse().unwrap(), Asn(65009));
+        config.policy.export = reject_v4(MatchOperator::Equal, "10.66.0.0/26");
+        let id = rib.add_peer(config);
+        let other = up(&mut rib, "10.0.8.2", 65008, "10.0.8.2", false);
+        let mut out = RibOutput::default();
+        rib.originate(net("10.65.0.0/26"), None, &mut out);
+        rib.originate(net("10.66.0.0/26"), None, &mut out);
+        let mut out = RibOutput::default();
+        rib.peer_up(
+            id,
+            PeerUp {
+                router_id: v4("10.0.9.2"),
+                families: vec![Family::IPV4_UNICAST],
+                codec: CodecOptions::FOUR_OCTET,
+                local_address: "10.0.9.1".parse().unwrap(),
+            },
+            &mut out,
+        );
+        assert_eq!(
+            announced_v4(&updates_to(&out, id)),
+            vec![net("10.65.0.0/26")]
+        );
+        assert_eq!(rib.counters(id).unwrap().advertised, 1);
+        assert_eq!(rib.adj_rib_out(id).len(), 1);
+        assert_eq!(rib.adj_rib_out(other).len(), 2);
+        // Re-originating the rejected prefix still sends nothing to that peer.
+        let mut out = RibOutput::default();
+        rib.withdraw_local(net("10.66.0.0/26"), &mut out);
+        rib.originate(net("10.66.0.0/26"), None, &mut out);
+        assert!(updates_to(&out, id).is_empty(), "{out:?}");
+        assert_eq!(updates_to(&out, other).len(), 2);
+    }
+
+    #[test]
+    fn export_policy_change_withdraws_and_announces_on_the_live_session() {
+        let mut rib = rib(None);
+        let id = up(&mut rib, "10.0.9.2", 65009, "10.0.9.2", false);
+        let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
+        let mut out = RibOutput::default();
+        rib.originate(net("10.65.0.0/26"), None, &mut out);
+        rib.originate(net("10.66.0.0/26"), None, &mut out);
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]),
+        );
+        assert_eq!(rib.counters(id).unwrap().advertised, 3);
+
+        // Reject 10.66.0.0/26 and every route learned from other peers.
+        let mut out = RibOutput::default();
+        let policy = PeerPolicy {
+            export: Policy {
+                v4: vec![
+                    FilterRule::cidr(
+                        MatchOperator::Equal,
+                        net("10.66.0.0/26"),
+                        FilterAction::Reject,
+                    ),
+                    FilterRule {
+                        remote_peers_only: true,
+                        ..FilterRule::any(FilterAction::Reject)
+                    },
+                ],
+                v6: vec![],
+            },
+            ..PeerPolicy::default()
+        };
+        rib.set_policy(id, policy, &mut out);
+        assert!(out.changes.is_empty());
+        let sent = updates_to(&out, id);
+        assert_eq!(
+            withdrawn_v4(&sent),
+            vec![net("10.1.0.0/16"), net("10.66.0.0/26")]
+        );
+        assert!(announced_v4(&sent).is_empty());
+        assert!(updates_to(&out, a).is_empty());
+        assert_eq!(rib.counters(id).unwrap().advertised, 1);
+
+        // Accept the learned routes again (a rule earlier in the list).
+        let mut out = RibOutput::default();
+        let mut policy = rib.policy(id).unwrap().clone();
+        policy.export.v4.insert(
+            0,
+            FilterRule {
+                remote_peers_only: true,
+                ..FilterRule::any(FilterAction::Accept)
+            },
+        );
+        rib.set_policy(id, policy, &mut out);
+        let sent = updates_to(&out, id);
+        assert!(withdrawn_v4(&sent).is_empty());
+        assert_eq!(announced_v4(&sent), vec![net("10.1.0.0/16")]);
+        assert_eq!(rib.counters(id).unwrap().advertised, 2);
+        assert_eq!(rib.adj_rib_out(id).len(), 2);
+    }
+
+    #[test]
+    fn export_policy_accept_does_not_override_ibgp_split_horizon() {
+        let mut rib = rib(None);
+        let a = up(&mut rib, "10.0.1.2", 64512, "10.0.1.2", false);
+        let b = up(&mut rib, "10.0.2.2", 64512, "10.0.2.2", false);
+        apply(
+            &mut rib,
+            a,
+            announce(attrs(&[], "10.0.1.2"), &["10.1.0.0/16"]),
+        );
+        let mut out = RibOutput::default();
+        let policy = PeerPolicy {
+            export: Policy {
+                v4: vec![FilterRule::any(FilterAction::Reject)],
+                v6: vec![],
+            },
+            ..PeerPolicy::default()
+        };
+        rib.set_policy(b, policy, &mut out);
+        let mut out = RibOutput::default();
+        rib.set_policy(b, PeerPolicy::default(), &mut out);
+        assert!(updates_to(&out, b).is_empty(), "{out:?}");
+        assert_eq!(rib.counters(b).unwrap().advertised, 0);
+    }
+
+    #[test]
+    fn restarted_peer_without_forwarding_bit_loses_its_stale_routes_at_once() {
+        for preserved in [true, false] {
+            let mut rib = rib(None);
+            let a = up(&mut rib, "10.0.1.2", 65001, "10.0.1.2", false);
+            apply(
+                &mut rib,
+                a,
+                announce(attrs(&[65001], "10.0.1.2"), &["10.1.0.0/16"]),
+            );
+            let mut out = RibOutput::default();
+            rib.peer_down(a, Some(&[Family::IPV4_UNICAST]), &mut out);
+            assert_eq!(rib.counters(a).unwrap().stale, 1);
+            let families = if preserved {
+                vec![Family::IPV4_UNICAST]
+            } else {
+                vec![]
+            };
+            let mut out = RibOutput::default();
+            rib.flush_unpreserved_stale(a, &families, &mut out);
+            if preserved {
+                assert!(out.changes.is_empty());
+                assert_eq!(rib.counters(a).unwrap().stale, 1);
+            } else {
+                assert_eq!(out.changes.len(), 1);
+                assert_eq!(out.changes[0].kind, ChangeKind::Removed);
+                assert_eq!(rib.counters(a).unwrap().stale, 0);
+                assert!(rib.is_empty());
             }
         }
     }

@@ -279,6 +279,17 @@ pub struct Negotiated {
 }
 
 impl Negotiated {
+    /// The families whose forwarding state the peer says it preserved across its restart
+    /// (the F bit of its graceful restart capability, RFC 4724 §3).
+    pub fn forwarding_preserved(&self) -> Vec<Family> {
+        self.peer_graceful_restart
+            .iter()
+            .flat_map(|gr| &gr.families)
+            .filter(|f| f.forwarding_preserved)
+            .map(|f| f.family)
+            .collect()
+    }
+
     /// Keepalive interval: a third of the hold time (RFC 4271 §10).
     pub fn keepalive(&self) -> Option<Duration> {
         (self.hold_time > 0).then(|| Duration::from_secs(u64::from(self.hold_time / 3).max(1)))
@@ -642,7 +653,13 @@ pub fn resolve_collision(local_id: Ipv4Addr, remote_id: Ipv4Addr) -> CollisionWi
 ///
 /// `existing_outgoing` says whether the existing connection is the one we initiated;
 /// `remote_id` is the peer's BGP identifier when known (from OpenConfirm on), else a guess
-/// such as its IPv4 address (Calico's router id is the node address).
+/// such as its IPv4 address (Calico's router id is the node address), else unspecified.
+///
+/// In Connect our own attempt is under way (or about to start): when both sides connect at
+/// once, each would otherwise drop its attempt for the other's connection, which is that
+/// attempt, and both would be left with nothing until the next retry. So the rule of §6.8 is
+/// applied early, on the guessed identifier: the higher identifier's connection is kept on
+/// both sides. Without a guess (an IPv6 peer before its OPEN) the connection is accepted.
 pub fn accept_incoming(
     state: State,
     existing_outgoing: bool,
@@ -651,7 +668,11 @@ pub fn accept_incoming(
 ) -> bool {
     match state {
         State::Idle => false,
-        State::Connect | State::Active => true,
+        State::Active => true,
+        State::Connect => {
+            remote_id.is_unspecified()
+                || resolve_collision(local_id, remote_id) == CollisionWinner::RemotelyInitiated
+        }
         State::Established => false,
         State::OpenSent | State::OpenConfirm => {
             existing_outgoing
@@ -1200,6 +1221,15 @@ mod tests {
         assert!(accept_incoming(State::OpenSent, true, low, high));
         assert!(!accept_incoming(State::OpenSent, true, high, low));
         assert!(accept_incoming(State::Active, false, high, low));
+        // Simultaneous connects: the higher identifier keeps its own attempt.
+        assert!(accept_incoming(State::Connect, true, low, high));
+        assert!(!accept_incoming(State::Connect, true, high, low));
+        assert!(accept_incoming(
+            State::Connect,
+            true,
+            high,
+            Ipv4Addr::UNSPECIFIED
+        ));
         assert!(!accept_incoming(State::Established, true, low, high));
     }
 

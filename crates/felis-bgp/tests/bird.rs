@@ -60,6 +60,18 @@ fn start_bird_with(
     bgp_extra: &str,
     bird_asn: u32,
 ) -> Bird {
+    start_bird_args(ns, dir, felis_passive, extra, bgp_extra, bird_asn, &[])
+}
+
+fn start_bird_args(
+    ns: &Netns,
+    dir: &Path,
+    felis_passive: bool,
+    extra: &str,
+    bgp_extra: &str,
+    bird_asn: u32,
+    args: &[&str],
+) -> Bird {
     let passive = if felis_passive { "" } else { "passive on;" };
     let text = format!(
         r#"
@@ -91,7 +103,7 @@ protocol bgp felis {{
 {extra}
 "#
     );
-    Bird::spawn(ns, dir, &text)
+    Bird::spawn_with(ns, dir, &text, args)
 }
 
 struct Topology {
@@ -271,11 +283,23 @@ fn bird_interop_felis_passive() {
 
 #[test]
 fn bird_crash_keeps_routes_stale_until_it_returns() {
+    bird_crash_and_return("gr", true);
+}
+
+/// RFC 4724 §4.2: a BIRD that comes back without graceful restart recovery (no `-R`) sends
+/// no Forwarding State bit: its stale routes go as soon as the session is up, before it
+/// re-announces them.
+#[test]
+fn bird_back_without_forwarding_bit_flushes_stale_routes_at_session_up() {
+    bird_crash_and_return("grf", false);
+}
+
+fn bird_crash_and_return(tag: &str, forwarding_preserved: bool) {
     if !preconditions() {
         return;
     }
     let rt = runtime();
-    let topo = topology("gr");
+    let topo = topology(tag);
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first");
     std::fs::create_dir(&first).unwrap();
@@ -298,20 +322,28 @@ fn bird_crash_keeps_routes_stale_until_it_returns() {
         "routes were withdrawn"
     );
 
-    // BIRD comes back, re-announces and sends End-of-RIB: the routes are fresh again.
+    // BIRD comes back, re-announces and sends End-of-RIB: the routes are fresh again. With
+    // `-R` its OPEN sets the F bit and the stale routes stay until then; without, they go
+    // at session up and come back with the announcements.
     let second = dir.path().join("second");
     std::fs::create_dir(&second).unwrap();
-    bird = start_bird(&topo.bird, &second, false);
+    let args: &[&str] = if forwarding_preserved { &["-R"] } else { &[] };
+    bird = start_bird_args(&topo.bird, &second, false, "", "", BIRD_ASN, args);
     let status = felis.wait_status(&rt, "refreshed its routes", |s| {
         s.state == State::Established && s.counters.stale == 0 && s.counters.accepted == 3
     });
     assert_eq!(status.counters.received, 3);
-    let removed: Vec<_> = felis
-        .changes(&rt, 10, Duration::from_secs(1))
-        .into_iter()
+    let changes = felis.changes(&rt, 10, Duration::from_secs(1));
+    let removed: Vec<_> = changes
+        .iter()
         .filter(|c| c.kind == ChangeKind::Removed)
         .collect();
-    assert!(removed.is_empty(), "{removed:?}\n{}", bird.log());
+    if forwarding_preserved {
+        assert!(removed.is_empty(), "{removed:?}\n{}", bird.log());
+    } else {
+        assert_eq!(removed.len(), 3, "{changes:?}\n{}", bird.log());
+        assert_eq!(learned(&changes), bird_routes(), "the routes came back");
+    }
 }
 
 /// User+system CPU seconds of a process, from /proc/PID/stat.

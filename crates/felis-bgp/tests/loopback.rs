@@ -143,6 +143,33 @@ async fn both_sides_active_resolve_the_collision_and_establish() {
     wait_state(&b, State::Established).await;
 }
 
+/// Both sides connect at the same moment (same connect delay): the connection the higher
+/// identifier initiated survives at once, instead of each side dropping its own attempt for
+/// the other's and both ending up with nothing until the next retry.
+#[tokio::test]
+async fn simultaneous_connects_keep_one_connection_without_waiting_for_a_retry() {
+    let (a_addr, b_addr) = (loopback(7, 1), loopback(7, 2));
+    let (a, _a_rx) = speaker(a_addr, 64512).await;
+    let (b, _b_rx) = speaker(b_addr, 64512).await;
+    let mut pa = peer(a_addr, b_addr, &b, 64512);
+    let mut pb = peer(b_addr, a_addr, &a, 64512);
+    for p in [&mut pa, &mut pb] {
+        p.connect_delay = Duration::from_millis(300);
+        p.connect_retry = Duration::from_secs(10);
+    }
+    let start = std::time::Instant::now();
+    let (ra, rb) = tokio::join!(a.add_peer(pa), b.add_peer(pb));
+    ra.unwrap();
+    rb.unwrap();
+    wait_state(&a, State::Established).await;
+    wait_state(&b, State::Established).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}: the collision cost a retry",
+        start.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn wrong_peer_as_is_refused_with_bad_peer_as() {
     let (a_addr, b_addr) = (loopback(3, 1), loopback(3, 2));

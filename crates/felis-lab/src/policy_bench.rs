@@ -31,8 +31,8 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::Error;
-use crate::bench::median;
 use crate::State;
+use crate::bench::median;
 
 /// The port the connection-rate listener uses in the server pod.
 const CONN_PORT: u16 = 5202;
@@ -233,7 +233,12 @@ fn manifest(policies: usize, endpoints: usize, hosts: &[&str]) -> Vec<String> {
 fn wait_synced(state: &State, felis: &Path, hosts: &[&str]) -> Result<(), Error> {
     let revision = crate::mark_revision(state, felis, "felis-bench-marker")?;
     for host in hosts {
-        crate::wait_synced(&state.plan.spec.name, host, revision, Duration::from_secs(300))?;
+        crate::wait_synced(
+            &state.plan.spec.name,
+            host,
+            revision,
+            Duration::from_secs(300),
+        )?;
     }
     let _ = crate::agents::felis(
         state,

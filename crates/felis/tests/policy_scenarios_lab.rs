@@ -548,11 +548,7 @@ fn wait_routes(lab: &Lab, hosts: &BTreeMap<String, String>, workloads: &[Workloa
 }
 
 /// Replays one scenario file; returns (probes sent, probes skipped, mismatches).
-fn replay(
-    lab: &Lab,
-    hosts: &BTreeMap<String, String>,
-    file: &Path,
-) -> (usize, usize, Vec<String>) {
+fn replay(lab: &Lab, hosts: &BTreeMap<String, String>, file: &Path) -> (usize, usize, Vec<String>) {
     let yaml = std::fs::read_to_string(file).unwrap();
     let scenario = Scenario::parse(&yaml).unwrap();
     let label = file.file_name().unwrap().to_string_lossy().to_string();

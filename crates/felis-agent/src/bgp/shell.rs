@@ -12,6 +12,7 @@ use felis_bgp::io::Speaker;
 use felis_bgp::rib::RibChange;
 use ipnet::IpNet;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::warn;
 
 use super::BgpDesired;
 use super::SecretRef;
@@ -51,6 +52,15 @@ pub enum ShellError {
     /// A peer could not be removed.
     #[error("failed to remove BGP peer {address}")]
     RemovePeer {
+        /// The peer.
+        address: IpAddr,
+        /// The cause.
+        #[source]
+        source: felis_bgp::Error,
+    },
+    /// A peer's filters could not be replaced.
+    #[error("failed to replace the filters of BGP peer {address}")]
+    SetPolicy {
         /// The peer.
         address: IpAddr,
         /// The cause.
@@ -136,6 +146,7 @@ impl BgpRunner {
                         applied = desired.map(|d| BgpDesired {
                             peers: Default::default(),
                             exports: Default::default(),
+                            problems: Vec::new(),
                             ..d.clone()
                         });
                     }
@@ -186,6 +197,21 @@ impl BgpRunner {
                         Err(source) => out.errors.push(ShellError::RemovePeer { address, source }),
                     }
                 }
+                SpeakerCommand::SetPeerPolicy { address, policy } => {
+                    let (Some(speaker), Some(applied), Some(desired)) =
+                        (&self.speaker, applied.as_mut(), desired)
+                    else {
+                        continue;
+                    };
+                    match speaker.set_peer_policy(address, policy).await {
+                        Ok(()) => {
+                            if let Some(peer) = desired.peers.get(&address) {
+                                applied.peers.insert(address, peer.clone());
+                            }
+                        }
+                        Err(source) => out.errors.push(ShellError::SetPolicy { address, source }),
+                    }
+                }
                 SpeakerCommand::Originate { prefix, next_hop } => {
                     let (Some(speaker), Some(applied), Some(desired)) =
                         (&self.speaker, applied.as_mut(), desired)
@@ -220,6 +246,11 @@ impl BgpRunner {
             }
         }
         if let (Some(applied), Some(desired)) = (applied.as_mut(), desired) {
+            for problem in &desired.problems {
+                if !applied.problems.contains(problem) {
+                    warn!(%problem, "BGP configuration not used as written");
+                }
+            }
             applied.problems.clone_from(&desired.problems);
         }
         self.applied = applied;

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use felis_api::ipam::EncapMode;
 use felis_bgp::rib::RouteAttrs;
@@ -752,17 +753,27 @@ fn arb_update() -> impl Strategy<Value = Update> {
             })
         }),
         any::<bool>().prop_map(|mesh| config("default", |c| c.node_to_node_mesh = Some(mesh))),
-        (any::<bool>(), addresses.clone()).prop_map(|(by_selector, a)| {
-            peer("p1", |p| {
-                if by_selector {
-                    p.node_selector = "rack == 'r1'".into();
-                    p.peer_selector = "all()".into();
-                } else {
-                    p.peer_ip = Some(ip(a));
-                    p.asn = Some(Asn(64512));
-                }
-            })
-        }),
+        (any::<bool>(), addresses.clone(), any::<bool>(), 0u8..3).prop_map(
+            |(by_selector, a, filtered, ttl)| {
+                peer("p1", |p| {
+                    if filtered {
+                        p.filters = vec!["f1".into(), "missing".into()];
+                    }
+                    p.ttl_security = (ttl > 0).then_some(ttl);
+                    if by_selector {
+                        p.node_selector = "rack == 'r1'".into();
+                        p.peer_selector = "all()".into();
+                    } else {
+                        p.peer_ip = Some(ip(a));
+                        p.asn = Some(Asn(64512));
+                    }
+                })
+            }
+        ),
+        prefixes
+            .clone()
+            .prop_map(|p| Update::BgpFilterSet(reject_filter("f1", p, p))),
+        Just(Update::BgpFilterDeleted("f1".into())),
         Just(Update::BgpPeerDeleted("p1".into())),
         (prefixes.clone(), addresses).prop_map(|(p, a)| learned(p, a)),
         prefixes.prop_map(|p| Update::LearnedRouteWithdrawn(net(p))),
@@ -783,6 +794,8 @@ fn key(u: &Update) -> String {
         Update::BgpConfigDeleted(c) => format!("bgpconfig/{c}"),
         Update::BgpPeerSet(p) => format!("bgppeer/{}", p.name),
         Update::BgpPeerDeleted(p) => format!("bgppeer/{p}"),
+        Update::BgpFilterSet(f) => format!("bgpfilter/{}", f.name),
+        Update::BgpFilterDeleted(f) => format!("bgpfilter/{f}"),
         Update::LearnedRoute(r) => format!("learned/{}", r.prefix),
         Update::LearnedRouteWithdrawn(p) => format!("learned/{p}"),
         Update::LearnedRoutesCleared => "learned-all".to_string(),
@@ -890,6 +903,17 @@ fn run(
                 let s = speaker.as_mut().ok_or("remove without a speaker")?;
                 s.peers.remove(&address).ok_or("removed an unknown peer")?;
             }
+            SpeakerCommand::SetPeerPolicy { address, policy } => {
+                let s = speaker.as_mut().ok_or("set policy without a speaker")?;
+                let (config, _) = s
+                    .peers
+                    .get_mut(&address)
+                    .ok_or("set the policy of an unknown peer")?;
+                if config.policy == policy {
+                    return Err("set a policy the peer already has".into());
+                }
+                config.policy = policy;
+            }
             SpeakerCommand::Originate { prefix, next_hop } => {
                 let s = speaker.as_mut().ok_or("originate without a speaker")?;
                 s.exports.insert(prefix, next_hop);
@@ -995,4 +1019,325 @@ fn export_communities_become_communities_and_large_community_attributes() {
         }]
     );
     assert_eq!(path_attributes(&BTreeSet::new()), PathAttributes::default());
+}
+
+/// A BGPFilter rejecting `import` on import and `export` on export (IPv4, Equal).
+fn reject_filter(name: &str, import: &str, export: &str) -> BgpFilterFacts {
+    let reject = |cidr: &str| Policy {
+        v4: vec![FilterRule::cidr(
+            MatchOperator::Equal,
+            net(cidr),
+            FilterAction::Reject,
+        )],
+        v6: vec![],
+    };
+    BgpFilterFacts {
+        name: name.into(),
+        import: reject(import),
+        export: reject(export),
+        interface_rules: 0,
+    }
+}
+
+fn tor_peer(filters: &[&str], ttl_security: Option<u8>) -> Update {
+    peer("tor", |p| {
+        p.peer_ip = Some(ip("10.0.0.1"));
+        p.asn = Some(Asn(65001));
+        p.filters = filters.iter().map(|f| f.to_string()).collect();
+        p.ttl_security = ttl_security;
+    })
+}
+
+#[test]
+fn bgp_filters_become_the_policy_of_the_peers_their_bgp_peer_gives_in_order() {
+    let mut updates = three_nodes();
+    updates.extend([
+        Update::BgpFilterSet(reject_filter("first", "10.1.0.0/16", "10.244.0.0/26")),
+        Update::BgpFilterSet(reject_filter("second", "10.2.0.0/16", "10.244.1.0/26")),
+        tor_peer(&["second", "first", "missing"], Some(2)),
+    ]);
+    let d = desired_of("a", updates);
+    let tor = &d.peers[&ip("10.0.0.1")];
+    let cidrs = |rules: &[FilterRule]| -> Vec<IpNet> {
+        rules
+            .iter()
+            .filter_map(|r| r.prefix.map(|(_, c)| c))
+            .collect()
+    };
+    assert_eq!(
+        cidrs(&tor.policy.import.v4),
+        vec![net("10.2.0.0/16"), net("10.1.0.0/16")]
+    );
+    assert_eq!(
+        cidrs(&tor.policy.export.v4),
+        vec![net("10.244.1.0/26"), net("10.244.0.0/26")]
+    );
+    assert_eq!(tor.ttl_security, Some(2));
+    assert_eq!(
+        d.problems,
+        vec!["BGPPeer tor: BGPFilter missing does not exist; skipped".to_string()]
+    );
+    // Mesh peers have no filters and no TTL security.
+    for (address, p) in &d.peers {
+        if *address != ip("10.0.0.1") {
+            assert_eq!(p.policy, PeerPolicy::default());
+            assert_eq!(p.ttl_security, None);
+        }
+    }
+    let config = d.peer_config(ip("10.0.0.1"), tor);
+    assert_eq!(config.policy, tor.policy);
+    assert_eq!(config.ttl_security, Some(2));
+}
+
+#[test]
+fn interface_rules_are_reported_as_never_matching() {
+    let filter: felis_api::BgpFilter = serde_json::from_str(
+        r#"{"metadata":{"name":"ifaces"},"spec":{"exportV4":[
+            {"action":"Reject","interface":"*.calico"},
+            {"action":"Accept","matchOperator":"In","cidr":"77.0.0.0/16","source":"RemotePeers",
+             "prefixLength":{"min":24,"max":28}}]}}"#,
+    )
+    .unwrap();
+    let facts = BgpFilterFacts::from_resource(&filter);
+    assert_eq!(facts.interface_rules, 1);
+    assert_eq!(
+        facts.export.v4[1],
+        FilterRule {
+            prefix: Some((MatchOperator::In, net("77.0.0.0/16"))),
+            min_length: Some(24),
+            max_length: Some(28),
+            remote_peers_only: true,
+            interface: None,
+            action: FilterAction::Accept,
+        }
+    );
+    assert!(facts.import.is_empty());
+    let mut updates = three_nodes();
+    updates.extend([Update::BgpFilterSet(facts), tor_peer(&["ifaces"], None)]);
+    let d = desired_of("a", updates);
+    assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+    assert!(d.problems[0].contains("interface"), "{:?}", d.problems);
+}
+
+#[test]
+fn a_filter_change_is_applied_to_the_live_session_and_a_ttl_change_re_adds_the_peer() {
+    let mut updates = three_nodes();
+    updates.extend([
+        Update::BgpFilterSet(reject_filter("f", "10.1.0.0/16", "10.244.0.0/26")),
+        tor_peer(&["f"], None),
+    ]);
+    let before = desired_of("a", updates.clone());
+
+    // The filter's rules change: only the policy of that peer is replaced.
+    updates.push(Update::BgpFilterSet(reject_filter(
+        "f",
+        "10.9.0.0/16",
+        "10.244.0.0/26",
+    )));
+    let after = desired_of("a", updates.clone());
+    let commands = plan(Some(&before), Some(&after));
+    assert_eq!(
+        commands,
+        vec![SpeakerCommand::SetPeerPolicy {
+            address: ip("10.0.0.1"),
+            policy: after.peers[&ip("10.0.0.1")].policy.clone(),
+        }]
+    );
+
+    // The BGPPeer drops the filter: the same, back to no policy.
+    updates.push(tor_peer(&[], None));
+    let unfiltered = desired_of("a", updates.clone());
+    assert_eq!(
+        plan(Some(&after), Some(&unfiltered)),
+        vec![SpeakerCommand::SetPeerPolicy {
+            address: ip("10.0.0.1"),
+            policy: PeerPolicy::default(),
+        }]
+    );
+
+    // TTL security is a socket setting: the peer is added again.
+    updates.push(tor_peer(&[], Some(1)));
+    let gtsm = desired_of("a", updates);
+    let kinds: Vec<String> = plan(Some(&unfiltered), Some(&gtsm))
+        .iter()
+        .map(|c| match c {
+            SpeakerCommand::RemovePeer(a) => format!("remove {a}"),
+            SpeakerCommand::AddPeer { config, .. } => {
+                format!("add {} ttl {:?}", config.address, config.ttl_security)
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["remove 10.0.0.1", "add 10.0.0.1 ttl Some(1)"]);
+}
+
+#[test]
+fn bgp_filter_resources_and_peer_fields_come_from_the_datastore() {
+    let filter = br#"{"apiVersion":"projectcalico.org/v3","kind":"BGPFilter",
+        "metadata":{"name":"f"},"spec":{"importV4":[
+            {"action":"Reject","matchOperator":"NotIn","cidr":"44.0.0.0/16"}]}}"#;
+    let key = "/calico/resources/v3/projectcalico.org/bgpfilters/f";
+    let update = crate::sync::on_put("a", key, filter).unwrap().unwrap();
+    let Update::BgpFilterSet(f) = update else {
+        panic!("{update:?}")
+    };
+    assert_eq!(f.name, "f");
+    assert_eq!(
+        f.import.v4,
+        vec![FilterRule::cidr(
+            MatchOperator::NotIn,
+            net("44.0.0.0/16"),
+            FilterAction::Reject
+        )]
+    );
+    assert_eq!(
+        crate::sync::on_delete(key),
+        Some(Update::BgpFilterDeleted("f".into()))
+    );
+    let peer = br#"{"apiVersion":"projectcalico.org/v3","kind":"BGPPeer",
+        "metadata":{"name":"tor"},"spec":{"peerIP":"10.0.0.1","asNumber":65001,
+        "ttlSecurity":1,"filters":["f","g"]}}"#;
+    let key = "/calico/resources/v3/projectcalico.org/bgppeers/tor";
+    let update = crate::sync::on_put("a", key, peer).unwrap().unwrap();
+    let Update::BgpPeerSet(p) = update else {
+        panic!("{update:?}")
+    };
+    assert_eq!(p.ttl_security, Some(1));
+    assert_eq!(p.filters, ["f", "g"]);
+}
+
+/// A TCP port nothing listens on now, chosen by the kernel.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::]:0")
+        .or_else(|_| std::net::TcpListener::bind("0.0.0.0:0"))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Two nodes on loopback addresses, `a` > `b` as strings: b peers with a by the mesh (passive:
+/// a's address is greater), a with b by a BGPPeer (active) that names the BGPFilter `f`.
+fn filtered_pair(a: IpAddr, b: IpAddr, filter: Option<BgpFilterFacts>) -> Vec<Update> {
+    let (a_port, b_port) = (free_port(), free_port());
+    let mut updates = vec![
+        Update::NodeSet(NodeFacts {
+            name: "a".into(),
+            ipv4: Some(IpNet::new(a, 8).unwrap()),
+            ..NodeFacts::default()
+        }),
+        Update::NodeSet(NodeFacts {
+            name: "b".into(),
+            ipv4: Some(IpNet::new(b, 8).unwrap()),
+            ..NodeFacts::default()
+        }),
+        pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never),
+        block("10.244.0.0/26", "a", &[]),
+        block("10.244.1.0/26", "a", &[]),
+        block("10.244.0.64/26", "b", &[]),
+        block("10.244.2.64/26", "b", &[]),
+        config("node.a", |c| c.listen_port = Some(a_port)),
+        config("node.b", |c| c.listen_port = Some(b_port)),
+        peer("a-to-b", |p| {
+            p.node = "a".into();
+            p.peer_ip = Some(b);
+            p.peer_port = Some(b_port);
+            p.asn = Some(Asn(64512));
+            p.filters = vec!["f".into()];
+        }),
+    ];
+    updates.extend(filter.map(Update::BgpFilterSet));
+    updates
+}
+
+/// Feeds changes into `graph` (and `learned`, the best routes so far) until the learned
+/// routes are `expected`.
+async fn wait_learned(
+    graph: &mut CalcGraph,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<RibChange>,
+    learned: &mut BTreeSet<IpNet>,
+    expected: &[&str],
+) {
+    let expected: BTreeSet<IpNet> = expected.iter().map(|p| net(p)).collect();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while *learned != expected {
+            let change = rx.recv().await.expect("speaker stopped");
+            match change.kind {
+                ChangeKind::Added => learned.insert(change.prefix),
+                ChangeKind::Removed => learned.remove(&change.prefix),
+            };
+            graph.apply(learned_update(&change));
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "learned {learned:?}, expected {expected:?}");
+}
+
+#[tokio::test]
+async fn bgp_filter_changes_reach_the_live_session_through_the_runner() {
+    let pid = std::process::id();
+    let a = IpAddr::from([127, (pid % 200) as u8 + 20, 79, 2]);
+    let b = IpAddr::from([127, (pid % 200) as u8 + 20, 79, 1]);
+    // a imports nothing of 10.244.2.64/26 and exports nothing of 10.244.1.0/26.
+    let mut updates = filtered_pair(
+        a,
+        b,
+        Some(reject_filter("f", "10.244.2.64/26", "10.244.1.0/26")),
+    );
+    let mut a_graph = graph("a", updates.clone());
+    let mut b_graph = graph("b", updates.clone());
+    let secrets = std::env::temp_dir();
+    let mut a_runner = BgpRunner::new(&secrets);
+    let mut b_runner = BgpRunner::new(&secrets);
+    let mut a_done = a_runner.reconcile(a_graph.bgp_desired().as_ref()).await;
+    let mut b_done = b_runner.reconcile(b_graph.bgp_desired().as_ref()).await;
+    assert!(a_done.errors.is_empty(), "{:?}", a_done.errors);
+    assert!(b_done.errors.is_empty(), "{:?}", b_done.errors);
+    let mut a_rx = a_done.changes.take().unwrap();
+    let mut b_rx = b_done.changes.take().unwrap();
+    let (mut a_learned, mut b_learned) = (BTreeSet::new(), BTreeSet::new());
+    wait_learned(&mut a_graph, &mut a_rx, &mut a_learned, &["10.244.0.64/26"]).await;
+    wait_learned(&mut b_graph, &mut b_rx, &mut b_learned, &["10.244.0.0/26"]).await;
+    let report = a_runner.status(SystemTime::now()).await;
+    assert_eq!(report.peers[0].prefixes.received, 2, "{report:?}");
+    assert_eq!(report.peers[0].prefixes.accepted, 1, "{report:?}");
+    assert_eq!(report.peers[0].prefixes.advertised, 1, "{report:?}");
+    let since = a_runner.speaker().unwrap().peer_status().await.unwrap()[0].since;
+
+    // The BGPFilter changes: the runner replaces a's policy, the session stays.
+    updates.push(Update::BgpFilterSet(reject_filter(
+        "f",
+        "10.244.0.64/26",
+        "10.244.0.0/26",
+    )));
+    a_graph.apply(updates.last().cloned().unwrap());
+    let done = a_runner.reconcile(a_graph.bgp_desired().as_ref()).await;
+    assert!(done.errors.is_empty() && !done.stopped, "{:?}", done.errors);
+    wait_learned(&mut a_graph, &mut a_rx, &mut a_learned, &["10.244.2.64/26"]).await;
+    wait_learned(&mut b_graph, &mut b_rx, &mut b_learned, &["10.244.1.0/26"]).await;
+    let status = a_runner.speaker().unwrap().peer_status().await.unwrap();
+    assert_eq!(status[0].state, felis_bgp::session::State::Established);
+    assert_eq!(status[0].since, since, "the session was reset");
+
+    // The BGPFilter goes: a's BGPPeer names a filter that no longer exists, nothing is
+    // filtered.
+    a_graph.apply(Update::BgpFilterDeleted("f".into()));
+    let done = a_runner.reconcile(a_graph.bgp_desired().as_ref()).await;
+    assert!(done.errors.is_empty(), "{:?}", done.errors);
+    wait_learned(
+        &mut a_graph,
+        &mut a_rx,
+        &mut a_learned,
+        &["10.244.0.64/26", "10.244.2.64/26"],
+    )
+    .await;
+    wait_learned(
+        &mut b_graph,
+        &mut b_rx,
+        &mut b_learned,
+        &["10.244.0.0/26", "10.244.1.0/26"],
+    )
+    .await;
+
+    assert!(a_runner.reconcile(None).await.stopped);
+    assert!(b_runner.reconcile(None).await.stopped);
 }

@@ -33,6 +33,7 @@
 
 mod md5;
 mod peer;
+mod ttl;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -60,6 +61,7 @@ use crate::packet::Asn;
 use crate::packet::Family;
 use crate::packet::update::PathAttributes;
 use crate::packet::update::Update;
+use crate::policy::PeerPolicy;
 use crate::rib::NextHopMode;
 use crate::rib::PeerCounters;
 use crate::rib::PeerId;
@@ -149,6 +151,15 @@ pub struct PeerConfig {
     /// TCP-MD5 password (RFC 2385). Never logged or serialised.
     #[serde(skip_serializing)]
     pub password: Option<Password>,
+    /// TTL security (GTSM, RFC 5082): the peer is at most this many hops away; we send with
+    /// TTL 255 and drop its packets that arrive with less than `256 - hops`. `None`: the
+    /// default TTL, no check.
+    #[serde(default)]
+    pub ttl_security: Option<u8>,
+    /// Import and export filters. Change them on a live session with
+    /// [`Speaker::set_peer_policy`]; the session stays up.
+    #[serde(default)]
+    pub policy: PeerPolicy,
 }
 
 /// Serde default of [`PeerConfig::forwarding_preserved`] (configs saved before it existed).
@@ -189,6 +200,8 @@ impl PeerConfig {
             next_hop_v6: None,
             local_address: None,
             password: None,
+            ttl_security: None,
+            policy: PeerPolicy::default(),
         }
     }
 
@@ -215,6 +228,7 @@ impl PeerConfig {
             next_hop_mode: self.next_hop_mode,
             next_hop_v4: self.next_hop_v4,
             next_hop_v6: self.next_hop_v6,
+            policy: self.policy.clone(),
         }
     }
 }
@@ -251,8 +265,9 @@ type SharedStatus = Arc<Mutex<SessionStatus>>;
 
 /// Commands from the [`Speaker`] handle to the core task.
 enum Command {
-    AddPeer(PeerConfig, oneshot::Sender<Result<(), Error>>),
+    AddPeer(Box<PeerConfig>, oneshot::Sender<Result<(), Error>>),
     RemovePeer(IpAddr, oneshot::Sender<Result<(), Error>>),
+    SetPolicy(IpAddr, Box<PeerPolicy>, oneshot::Sender<Result<(), Error>>),
     Originate(IpNet, Option<IpAddr>, Box<PathAttributes>),
     Withdraw(IpNet),
     Status(oneshot::Sender<Vec<PeerStatus>>),
@@ -374,7 +389,7 @@ impl Speaker {
     /// Adds a peer and starts its session.
     pub async fn add_peer(&self, peer: PeerConfig) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::AddPeer(peer, tx))?;
+        self.send(Command::AddPeer(Box::new(peer), tx))?;
         rx.await.map_err(|_| Error::Shutdown)?
     }
 
@@ -382,6 +397,16 @@ impl Speaker {
     pub async fn remove_peer(&self, address: IpAddr) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::RemovePeer(address, tx))?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Replaces a peer's import and export policy without resetting its session: routes the
+    /// new export policy stops are withdrawn from the peer and routes it lets through are
+    /// announced; the peer's routes are imported again under the new import policy (the
+    /// speaker keeps the ones a policy rejected, so no ROUTE-REFRESH is needed).
+    pub async fn set_peer_policy(&self, address: IpAddr, policy: PeerPolicy) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::SetPolicy(address, Box::new(policy), tx))?;
         rx.await.map_err(|_| Error::Shutdown)?
     }
 
@@ -501,7 +526,7 @@ impl Core {
         let mut out = RibOutput::default();
         match command {
             Command::AddPeer(config, reply) => {
-                let _ = reply.send(self.add_peer(config));
+                let _ = reply.send(self.add_peer(*config));
             }
             Command::RemovePeer(address, reply) => {
                 let result = match self.peers.remove(&address) {
@@ -513,6 +538,18 @@ impl Core {
                         self.by_id.remove(&peer.id);
                         self.rib.remove_peer(peer.id, &mut out);
                         info!(peer = %address, "peer removed");
+                        Ok(())
+                    }
+                    None => Err(Error::PeerNotFound(address)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::SetPolicy(address, policy, reply) => {
+                let result = match self.peers.get_mut(&address) {
+                    Some(peer) => {
+                        peer.config.policy = (*policy).clone();
+                        self.rib.set_policy(peer.id, *policy, &mut out);
+                        info!(peer = %address, "peer policy replaced");
                         Ok(())
                     }
                     None => Err(Error::PeerNotFound(address)),
@@ -544,6 +581,14 @@ impl Core {
                     source,
                 },
             )?;
+        }
+        if let (Some(listener), Some(_)) = (&self.listener, config.ttl_security) {
+            // SYN-ACKs to a GTSM peer must leave with TTL 255 to pass its check.
+            let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+            ttl::set_listener_ttl(listener.as_ref(), v6).map_err(|source| Error::TtlSecurity {
+                peer: config.address,
+                source,
+            })?;
         }
         let id = self.rib.add_peer(config.rib_config());
         let status = Arc::new(Mutex::new(SessionStatus {
@@ -618,6 +663,13 @@ impl Core {
                 negotiated,
                 local_address,
             } => {
+                // RFC 4724 §4.2: stale routes of families whose forwarding the restarted peer
+                // did not preserve go now.
+                self.rib.flush_unpreserved_stale(
+                    peer,
+                    &negotiated.forwarding_preserved(),
+                    &mut out,
+                );
                 let up = PeerUp {
                     router_id: negotiated.peer_id,
                     families: negotiated.families.clone(),

@@ -28,6 +28,7 @@ use crate::io::PeerCommand;
 use crate::io::PeerConfig;
 use crate::io::SharedStatus;
 use crate::io::md5;
+use crate::io::ttl;
 use crate::packet::HEADER_LEN;
 use crate::packet::Message;
 use crate::packet::frame;
@@ -380,10 +381,11 @@ impl PeerTask {
         let remote = SocketAddr::new(self.config.address, self.config.port);
         let local = self.config.local_address;
         let password = self.config.password.as_ref().map(|p| p.0.clone());
+        let ttl_security = self.config.ttl_security;
         let timeout = self.config.connect_retry;
         let tx = self.io_tx.clone();
         self.connecting = Some(tokio::spawn(async move {
-            let result = connect(remote, local, password.as_deref(), timeout).await;
+            let result = connect(remote, local, password.as_deref(), ttl_security, timeout).await;
             let event = match result {
                 Ok(stream) => IoEvent::Connected(generation, stream),
                 Err(e) => IoEvent::ConnectFailed(generation, e),
@@ -411,6 +413,16 @@ impl PeerTask {
     }
 
     async fn incoming(&mut self, mut stream: TcpStream) {
+        // First thing: with GTSM, segments from too far away are dropped from now on (the
+        // handshake itself went through the listener); without, the listener's TTL 255 (if
+        // another peer uses GTSM) goes back to the default.
+        if let Err(error) =
+            ttl::set_ttl_security(&stream, self.config.address, self.config.ttl_security)
+        {
+            warn!(%error, "cannot set TTL security on the accepted connection; refused");
+            self.set_error(format!("TTL security: {error}"));
+            return;
+        }
         let state = self.session.state();
         let local_id = self.session.config().router_id;
         let remote_id = self
@@ -427,7 +439,7 @@ impl PeerTask {
             debug!(%state, "incoming connection refused");
             let subcode = if matches!(
                 state,
-                State::OpenSent | State::OpenConfirm | State::Established
+                State::Connect | State::OpenSent | State::OpenConfirm | State::Established
             ) {
                 cease_subcode::CONNECTION_COLLISION
             } else {
@@ -479,6 +491,7 @@ async fn connect(
     remote: SocketAddr,
     local: Option<IpAddr>,
     password: Option<&str>,
+    ttl_security: Option<u8>,
     timeout: std::time::Duration,
 ) -> io::Result<TcpStream> {
     let socket = if remote.is_ipv4() {
@@ -488,6 +501,9 @@ async fn connect(
     };
     if let Some(password) = password {
         md5::set_md5_key(&socket, remote.ip(), password.as_bytes())?;
+    }
+    if ttl_security.is_some() {
+        ttl::set_ttl_security(&socket, remote.ip(), ttl_security)?;
     }
     if let Some(local) = local {
         socket.bind(SocketAddr::new(local, 0))?;

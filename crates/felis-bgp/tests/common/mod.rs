@@ -191,6 +191,12 @@ impl Bird {
     /// Writes `dir/bird.conf` as a `log` line to `dir/bird.log` followed by `body`, and runs
     /// BIRD with it in `ns`, with its control socket in `dir`.
     pub fn spawn(ns: &Netns, dir: &Path, body: &str) -> Bird {
+        Bird::spawn_with(ns, dir, body, &[])
+    }
+
+    /// [`Bird::spawn`] with more command-line arguments (`-R`: graceful restart recovery, so
+    /// its OPEN says forwarding state was preserved).
+    pub fn spawn_with(ns: &Netns, dir: &Path, body: &str, args: &[&str]) -> Bird {
         let conf = dir.join("bird.conf");
         let socket = dir.join("bird.ctl");
         let log = dir.join("bird.log");
@@ -204,6 +210,7 @@ impl Bird {
             .arg(&socket)
             .arg("-P")
             .arg(dir.join("bird.pid"))
+            .args(args)
             .stdout(stdout.try_clone().unwrap())
             .stderr(stdout)
             .stdin(Stdio::null())

@@ -155,8 +155,12 @@ impl Lab {
     /// change made before is at or below it.
     pub(crate) fn mark_revision(&self, marker: &str) -> i64 {
         let state = felis_lab::State::load(&self.name).unwrap();
-        felis_lab::mark_revision(&state, std::path::Path::new(env!("CARGO_BIN_EXE_felis")), marker)
-            .unwrap()
+        felis_lab::mark_revision(
+            &state,
+            std::path::Path::new(env!("CARGO_BIN_EXE_felis")),
+            marker,
+        )
+        .unwrap()
     }
 }
 
