@@ -472,4 +472,62 @@ mod tests {
         ns.wait_routes(str::is_empty);
         assert!(ns.ip("route show").contains("10.98.0.0/24"));
     }
+
+    /// IPv6 unicast (MP-BGP) routes reach the kernel's IPv6 table with protocol 81 and leave it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn learned_ipv6_routes_reach_the_kernel_and_leave_it() {
+        let Some(ns) = Ns::new("fib6") else { return };
+        if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            eprintln!("skipped: this kernel has no IPv6");
+            return;
+        }
+        ns.ip("addr add 2001:db8:f::1/64 dev r0 nodad");
+        let netns = Netns::open(format!("/run/netns/{}", ns.0)).unwrap();
+        let mut fib = FibWriter::start_in(&netns, Duration::ZERO).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        fib.forward(rx);
+        let v6_routes = || ns.ip("-6 route show proto 81");
+        let wait = |ok: &dyn Fn(&str) -> bool| {
+            for _ in 0..250 {
+                let routes = v6_routes();
+                if ok(&routes) {
+                    return routes;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("IPv6 routes never as expected: {}", ns.ip("-6 route show"));
+        };
+        for i in 0..50 {
+            tx.send(change(
+                &format!("2001:db8:70:{i:x}::/64"),
+                Some("2001:db8:f::2"),
+            ))
+            .unwrap();
+        }
+        tx.send(change("2001:db8:80::/64", Some("2001:db8:f::1")))
+            .unwrap(); // our own
+        fib.set_routing(LearnedRouting {
+            own: [
+                IpAddr::from([192, 0, 2, 1]),
+                "2001:db8:f::1".parse().unwrap(),
+            ]
+            .into(),
+            local_v4: Some("192.0.2.1/24".parse().unwrap()),
+            local_v6: Some("2001:db8:f::1/64".parse().unwrap()),
+            ..LearnedRouting::default()
+        });
+        let routes = wait(&|r: &str| r.lines().count() >= 50);
+        assert!(
+            routes.contains("2001:db8:70::/64 via 2001:db8:f::2 dev r0"),
+            "{routes}"
+        );
+        assert!(!routes.contains("2001:db8:80::"), "{routes}");
+
+        tx.send(change("2001:db8:70::/64", None)).unwrap();
+        let routes = wait(&|r: &str| !r.contains("2001:db8:70::/64"));
+        assert_eq!(routes.lines().count(), 49, "{routes}");
+
+        fib.clear();
+        wait(&str::is_empty);
+    }
 }
