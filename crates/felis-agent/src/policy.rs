@@ -6,6 +6,13 @@
 //! [`DesiredPolicy`]: the program plus each local endpoint's interface. [`PolicyPlane`] adds the
 //! [`PolicyDataplane`] and decides when to apply (after a change, after a failure, on resync).
 //!
+//! Changes are compiled incrementally: [`PolicyState`] feeds workload-endpoint and policy puts
+//! and deletes to a [`felis_policy::IncrementalCompiler`] (only what changed is compiled
+//! again), and [`PolicyPlane`] hands the resulting [`ProgramDelta`] to
+//! [`PolicyDataplane::apply_delta`] (one netlink batch, no whole-ruleset render or diff).
+//! Any other change (tiers, profiles, namespaces, network sets, host endpoints,
+//! FelixConfiguration, a snapshot) rebuilds the compiler from every resource.
+//!
 //! Nothing is programmed before the first snapshot: an agent that has not seen the datastore yet
 //! would otherwise install an empty program, and `felis-nft` drops every `cali*` interface that
 //! has no verdict-map entry, cutting off running workloads until the snapshot arrives.
@@ -19,8 +26,14 @@ use felis_api::Resource;
 use felis_nft::ApplyStats;
 use felis_nft::PolicyDataplane;
 use felis_nft::Transport;
+use felis_policy::IncrementalCompiler;
 use felis_policy::PolicySet;
 use felis_policy::Program;
+use felis_policy::ProgramDelta;
+use felis_policy::convert::endpoint_from_resource;
+use felis_policy::convert::policy_from_resource;
+use felis_policy::incremental::endpoint_key_of;
+use felis_policy::incremental::policy_key_of;
 
 use crate::sync::Undecodable;
 
@@ -58,7 +71,8 @@ pub struct DesiredPolicy {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Every policy-relevant resource, by datastore key. Pure.
+/// Every policy-relevant resource, by datastore key, and the program they compile to
+/// (incrementally). Pure.
 #[derive(Debug, Clone)]
 pub struct PolicyState {
     node: String,
@@ -66,13 +80,52 @@ pub struct PolicyState {
     resources: BTreeMap<String, (Vec<u8>, Resource)>,
     /// Whether a snapshot has been seen.
     synced: bool,
+    /// The program, compiled change by change.
+    incremental: Incremental,
+}
+
+/// Where a datastore key went in the incremental compiler.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Model {
+    /// A workload endpoint, by endpoint key.
+    Endpoint(String),
+    /// A policy, by policy key.
+    Policy(String),
+}
+
+/// The incremental compiler and what the agent keeps beside it.
+#[derive(Debug, Clone)]
+struct Incremental {
+    compiler: IncrementalCompiler,
+    /// Datastore keys of the workload endpoints and policies in the compiler.
+    models: BTreeMap<String, Model>,
+    /// The other way round.
+    owners: BTreeMap<Model, String>,
+    /// Endpoint key to interface, for local endpoints that have one.
+    interfaces: BTreeMap<String, String>,
+    /// Resources the engine refused: key and reason.
+    skipped: BTreeMap<String, String>,
+    /// Something changed that the compiler cannot take change by change: rebuild it.
+    stale: bool,
+    /// Time spent compiling since the last [`PolicyState::compile`].
+    compile_time: std::time::Duration,
 }
 
 impl PolicyState {
     /// Empty state for node `node`; not [`synced`](PolicyState::synced) until a snapshot.
     pub fn new(node: impl Into<String>) -> PolicyState {
+        let node = node.into();
         PolicyState {
-            node: node.into(),
+            incremental: Incremental {
+                compiler: IncrementalCompiler::new(node.clone()),
+                models: BTreeMap::new(),
+                owners: BTreeMap::new(),
+                interfaces: BTreeMap::new(),
+                skipped: BTreeMap::new(),
+                stale: true,
+                compile_time: std::time::Duration::ZERO,
+            },
+            node,
             resources: BTreeMap::new(),
             synced: false,
         }
@@ -113,6 +166,9 @@ impl PolicyState {
             }
         }
         let changed = !self.synced || !same_keys_and_values(&self.resources, &next);
+        if changed {
+            self.incremental.stale = true;
+        }
         self.resources = next;
         self.synced = true;
         (changed, errors)
@@ -129,12 +185,17 @@ impl PolicyState {
         }
         match decode(key, value) {
             Ok(resource) => {
+                let start = Instant::now();
+                self.incremental.put(&self.node, key, &resource);
+                self.incremental.compile_time += start.elapsed();
                 self.resources
                     .insert(key.to_string(), (value.to_vec(), resource));
                 Ok(true)
             }
             Err(e) => {
-                self.resources.remove(key);
+                if self.resources.remove(key).is_some() {
+                    self.incremental.delete(key);
+                }
                 Err(e)
             }
         }
@@ -142,7 +203,73 @@ impl PolicyState {
 
     /// Records a delete. Returns whether anything changed.
     pub fn delete(&mut self, key: &str) -> bool {
-        self.resources.remove(key).is_some()
+        let deleted = self.resources.remove(key).is_some();
+        if deleted {
+            let start = Instant::now();
+            self.incremental.delete(key);
+            self.incremental.compile_time += start.elapsed();
+        }
+        deleted
+    }
+
+    /// Brings the incrementally compiled program up to date (rebuilding it from every resource
+    /// after a change it cannot take change by change) and returns what changed since the last
+    /// call, and the time spent compiling since then (in puts and deletes, and here), in
+    /// milliseconds. The program: [`PolicyState::program`]; the same as
+    /// [`PolicyState::desired`] gives but for set numbering.
+    pub fn compile(&mut self) -> Result<(ProgramDelta, f64), felis_policy::Error> {
+        let start = Instant::now();
+        let before = std::mem::take(&mut self.incremental.compile_time);
+        if self.incremental.stale {
+            let input = self.input()?;
+            let mut models = BTreeMap::new();
+            for (key, (_, resource)) in &self.resources {
+                if let Some(endpoint) = endpoint_from_resource(resource)
+                    && matches!(resource, Resource::WorkloadEndpoint(_))
+                {
+                    models.insert(key.clone(), Model::Endpoint(endpoint_key_of(&endpoint)));
+                } else if !input.skipped.iter().any(|(k, _)| k == key)
+                    && let Ok(Some(policy)) = policy_from_resource(resource)
+                {
+                    models.insert(key.clone(), Model::Policy(policy_key_of(&policy)));
+                }
+            }
+            let incremental = &mut self.incremental;
+            incremental.compiler.rebuild(input.set, input.local);
+            incremental.owners = models
+                .iter()
+                .map(|(key, model)| (model.clone(), key.clone()))
+                .collect();
+            incremental.models = models;
+            incremental.interfaces = input.interfaces;
+            incremental.skipped = input.skipped.into_iter().collect();
+            incremental.stale = false;
+        }
+        let spent = before + start.elapsed();
+        Ok((
+            self.incremental.compiler.take_delta(),
+            spent.as_secs_f64() * 1000.0,
+        ))
+    }
+
+    /// The program as of the last [`compile`](PolicyState::compile).
+    pub fn program(&self) -> &Program {
+        self.incremental.compiler.program()
+    }
+
+    /// Endpoint key to interface of the local endpoints, as of the last
+    /// [`compile`](PolicyState::compile).
+    pub fn interfaces(&self) -> &BTreeMap<String, String> {
+        &self.incremental.interfaces
+    }
+
+    /// Resources left out as of the last [`compile`](PolicyState::compile) (key, reason).
+    pub fn skipped(&self) -> Vec<(String, String)> {
+        self.incremental
+            .skipped
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The program for this node's workload endpoints and their interfaces.
@@ -151,6 +278,23 @@ impl PolicyState {
     /// named in [`DesiredPolicy::skipped`]: one bad policy must not freeze every other update
     /// (new endpoints would stay unreachable). The rest is enforced as if it were not stored.
     pub fn desired(&self) -> Result<DesiredPolicy, felis_policy::Error> {
+        let input = self.input()?;
+        let local_endpoints = input.set.endpoints.iter().filter(|e| {
+            e.namespace
+                .as_ref()
+                .is_some_and(|ns| input.local.contains(&format!("{ns}/{}", e.name)))
+        });
+        let program = input.set.compile_for_node(local_endpoints, &self.node);
+        Ok(DesiredPolicy {
+            program,
+            interfaces: input.interfaces,
+            skipped: input.skipped,
+        })
+    }
+
+    /// Every resource into the engine's model (leaving out, and naming, those it refuses),
+    /// with the local endpoints and their interfaces.
+    fn input(&self) -> Result<Input, felis_policy::Error> {
         let mut resources: Vec<Resource> =
             self.resources.values().map(|(_, r)| r.clone()).collect();
         let mut skipped = Vec::new();
@@ -187,18 +331,109 @@ impl PolicyState {
                 local.insert(key);
             }
         }
-        // With this node's host endpoints and FelixConfiguration values (host side).
-        let local_endpoints = set.endpoints.iter().filter(|e| {
-            e.namespace
-                .as_ref()
-                .is_some_and(|ns| local.contains(&format!("{ns}/{}", e.name)))
-        });
-        let program = set.compile_for_node(local_endpoints, &self.node);
-        Ok(DesiredPolicy {
-            program,
+        Ok(Input {
+            set,
+            local,
             interfaces,
             skipped,
         })
+    }
+}
+
+/// The engine's model of every resource, for this node.
+struct Input {
+    set: PolicySet,
+    /// Keys of this node's workload endpoints.
+    local: BTreeSet<String>,
+    interfaces: BTreeMap<String, String>,
+    skipped: Vec<(String, String)>,
+}
+
+impl Incremental {
+    /// Takes a put of `resource` under `key`, or marks the compiler stale.
+    fn put(&mut self, node: &str, key: &str, resource: &Resource) {
+        if self.stale {
+            return;
+        }
+        match resource {
+            Resource::WorkloadEndpoint(wep) => {
+                let Some(endpoint) = endpoint_from_resource(resource) else {
+                    self.stale = true;
+                    return;
+                };
+                let model = Model::Endpoint(endpoint_key_of(&endpoint));
+                if !self.compiler.can_put_endpoint(&endpoint)
+                    || self.models.get(key).is_some_and(|m| *m != model)
+                {
+                    self.stale = true;
+                    return;
+                }
+                let Model::Endpoint(endpoint_key) = &model else {
+                    return;
+                };
+                let local = wep.spec.node == node;
+                if local && !wep.spec.interface_name.is_empty() {
+                    self.interfaces
+                        .insert(endpoint_key.clone(), wep.spec.interface_name.clone());
+                } else {
+                    self.interfaces.remove(endpoint_key);
+                }
+                self.compiler.put_endpoint(endpoint, local);
+                self.owners.insert(model.clone(), key.to_string());
+                self.models.insert(key.to_string(), model);
+            }
+            Resource::NetworkPolicy(_)
+            | Resource::GlobalNetworkPolicy(_)
+            | Resource::K8sNetworkPolicy(_) => match policy_from_resource(resource) {
+                Ok(Some(policy)) => {
+                    let model = Model::Policy(policy_key_of(&policy));
+                    let taken = self.owners.get(&model).is_some_and(|owner| owner != key);
+                    if taken || self.models.get(key).is_some_and(|m| *m != model) {
+                        // Two resources as one policy: as from scratch, or not at all.
+                        self.stale = true;
+                        return;
+                    }
+                    self.skipped.remove(key);
+                    self.compiler.put_policy(policy);
+                    self.owners.insert(model.clone(), key.to_string());
+                    self.models.insert(key.to_string(), model);
+                }
+                Ok(None) => self.stale = true,
+                Err(e) => {
+                    if let Some(model) = self.models.remove(key) {
+                        self.owners.remove(&model);
+                        if let Model::Policy(policy) = model {
+                            self.compiler.delete_policy(&policy);
+                        }
+                    }
+                    self.skipped.insert(key.to_string(), error_chain(&e));
+                }
+            },
+            _ => self.stale = true,
+        }
+    }
+
+    /// Takes a delete of `key`, or marks the compiler stale.
+    fn delete(&mut self, key: &str) {
+        if self.stale {
+            return;
+        }
+        let model = self.models.remove(key);
+        if let Some(model) = &model {
+            self.owners.remove(model);
+        }
+        match model {
+            Some(Model::Endpoint(endpoint)) => {
+                self.interfaces.remove(&endpoint);
+                self.compiler.delete_endpoint(&endpoint);
+            }
+            Some(Model::Policy(policy)) => self.compiler.delete_policy(&policy),
+            None => {
+                if self.skipped.remove(key).is_none() {
+                    self.stale = true;
+                }
+            }
+        }
     }
 }
 
@@ -255,7 +490,7 @@ pub struct Applied {
     pub endpoints: usize,
     /// Policies in the program.
     pub policies: usize,
-    /// Compile time, milliseconds.
+    /// Compile time (the incremental compiler's, or a rebuild's), milliseconds.
     pub compile_ms: f64,
     /// Transaction time (netlink batch, or `nft` for structural changes and resyncs),
     /// milliseconds.
@@ -291,7 +526,8 @@ impl PolicyPlane {
             dataplane: PolicyDataplane::with_config(
                 felis_nft::Config::default(),
                 Transport::Netlink,
-            ),
+            )
+            .with_stable_set_ids(),
             dirty: true,
             resync: true,
             last_full: None,
@@ -326,17 +562,17 @@ impl PolicyPlane {
         if !self.state.synced() || !(self.dirty || self.resync) {
             return Ok(None);
         }
-        let start = Instant::now();
-        let desired = self.state.desired().map_err(|e| {
+        let (delta, compile_ms) = self.state.compile().map_err(|e| {
             // Nothing to retry until the resources change.
             self.dirty = false;
             PolicyError::Compile(e)
         })?;
         let compiled = Instant::now();
+        let (program, interfaces) = (self.state.program(), self.state.interfaces());
         let result = if self.resync {
-            self.dataplane.resync(&desired.program, &desired.interfaces)
+            self.dataplane.resync(program, interfaces)
         } else {
-            self.dataplane.apply(&desired.program, &desired.interfaces)
+            self.dataplane.apply_delta(program, &delta, interfaces)
         };
         let stats = result.map_err(|e| {
             self.resync = true;
@@ -351,11 +587,11 @@ impl PolicyPlane {
         self.applied_once = true;
         Ok(Some(Applied {
             stats,
-            endpoints: desired.interfaces.len(),
-            policies: desired.program.policies.len(),
-            compile_ms: (compiled - start).as_secs_f64() * 1000.0,
+            endpoints: self.state.interfaces().len(),
+            policies: self.state.program().policies.len(),
+            compile_ms,
             apply_ms: (done - compiled).as_secs_f64() * 1000.0,
-            skipped: desired.skipped,
+            skipped: self.state.skipped(),
         }))
     }
 }
@@ -540,6 +776,91 @@ mod tests {
         assert!(!plane.ready());
     }
 
+    /// `nft list table inet felis` in `ns`, with chains, sets and elements sorted.
+    fn listing(ns: &felis_testns::TestNetns) -> Vec<String> {
+        let text = ns.exec("nft", &["list", "table", "inet", "felis"]);
+        let mut blocks: Vec<String> = text
+            .split("\n\n")
+            .map(|block| {
+                let lines: Vec<String> = block
+                    .replace(",\n", ", ")
+                    .lines()
+                    .map(|l| {
+                        let l = l.trim();
+                        match l.strip_prefix("elements = { ") {
+                            Some(items) => {
+                                let mut items: Vec<&str> =
+                                    items.trim_end_matches(" }").split(", ").collect();
+                                items.sort();
+                                format!("elements {}", items.join(","))
+                            }
+                            None => l.to_string(),
+                        }
+                    })
+                    .filter(|l| !l.is_empty() && l != "}" && !l.starts_with("table "))
+                    .collect();
+                lines.join("\n")
+            })
+            .collect();
+        blocks.sort();
+        blocks
+    }
+
+    #[test]
+    fn events_reach_the_kernel_by_netlink_and_leave_what_a_resync_installs() {
+        if felis_testns::skip_unless_root("events_reach_the_kernel_by_netlink") {
+            return;
+        }
+        let ns = felis_testns::TestNetns::new().unwrap();
+        let mut plane = PolicyPlane::new("a");
+        let items = cluster();
+        plane
+            .state
+            .snapshot(items.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let first = ns.run(|| plane.apply()).unwrap().unwrap();
+        assert!(first.stats.full);
+        let (policy_key, policy_value) = deny_db_allow_web();
+        let changed_policy = br#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy",
+            "metadata":{"name":"db","namespace":"default"},
+            "spec":{"selector":"role == 'db'","types":["Ingress"],
+                    "ingress":[{"action":"Allow","protocol":"TCP","destination":{"ports":[5432]},
+                                "source":{"selector":"role == 'web'"}}]}}"#;
+        let events: Vec<(String, Option<Vec<u8>>)> = vec![
+            (policy_key.clone(), Some(policy_value)),
+            {
+                let (k, v) = wep("a", "cache", "10.0.0.3", "calicache", r#""role":"web""#);
+                (k, Some(v))
+            },
+            {
+                let (k, v) = wep("a", "web", "10.0.0.1", "caliweb", r#""role":"db""#);
+                (k, Some(v))
+            },
+            (policy_key.clone(), Some(changed_policy.to_vec())),
+            (wep("a", "cache", "", "", "").0, None),
+            (policy_key, None),
+        ];
+        for (key, value) in events {
+            let changed = match &value {
+                Some(v) => plane.state.put(&key, v).unwrap(),
+                None => plane.state.delete(&key),
+            };
+            assert!(changed, "{key}");
+            plane.mark_dirty();
+            let applied = ns.run(|| plane.apply()).unwrap().unwrap();
+            assert!(
+                applied.stats.netlink && !applied.stats.full,
+                "{key}: {:?}",
+                applied.stats
+            );
+        }
+        let before = listing(&ns);
+        assert!(before.iter().any(|b| b.contains("cali")), "{before:?}");
+        plane.resync = true;
+        let resynced = ns.run(|| plane.apply()).unwrap().unwrap();
+        assert!(resynced.stats.full);
+        assert_eq!(listing(&ns), before);
+    }
+
     mod order {
         use proptest::prelude::*;
 
@@ -562,6 +883,40 @@ mod tests {
                 "calicache",
                 r#""role":"web""#,
             ));
+            // The same keys again, changed: a relabelled pod, a moved pod, another rule.
+            items.push(wep("a", "web", "10.0.0.1", "caliweb", r#""role":"db""#));
+            items.push(wep(
+                "a",
+                "other",
+                "10.0.1.1",
+                "caliother",
+                r#""role":"web""#,
+            ));
+            let (key, _) = deny_db_allow_web();
+            items.push((
+                key,
+                br#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy",
+                "metadata":{"name":"db","namespace":"default"},
+                "spec":{"selector":"role == 'db'","types":["Ingress","Egress"],
+                        "ingress":[{"action":"Allow","protocol":"TCP","destination":{"ports":[5432]},
+                                    "source":{"selector":"role == 'web'"}}],
+                        "egress":[{"action":"Deny","destination":{"notSelector":"role == 'web'"}}]}}"#
+                    .to_vec(),
+            ));
+            // One the engine refuses, and one that rebuilds (a namespace with labels).
+            items.push((
+                key_for(Kind::GlobalNetworkPolicy, None, "svc"),
+                br#"{"apiVersion":"projectcalico.org/v3","kind":"GlobalNetworkPolicy",
+                "metadata":{"name":"svc"},
+                "spec":{"selector":"all()","types":["Egress"],
+                        "egress":[{"action":"Deny","destination":{"services":{"name":"k","namespace":"default"}}}]}}"#
+                    .to_vec(),
+            ));
+            items.push((
+                key_for(Kind::Namespace, None, "default"),
+                br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"default","labels":{"env":"x"}}}"#
+                    .to_vec(),
+            ));
             items
         }
 
@@ -569,15 +924,16 @@ mod tests {
             #[test]
             fn events_in_any_order_give_what_a_snapshot_of_the_result_gives(
                 ops in proptest::collection::vec(
-                    prop_oneof![(0usize..6).prop_map(Op::Put), (0usize..6).prop_map(Op::Delete)],
+                    prop_oneof![(0usize..11).prop_map(Op::Put), (0usize..11).prop_map(Op::Delete)],
                     0..30,
-                )
+                ),
+                compile_every in 1usize..4,
             ) {
                 let all = universe();
                 let mut incremental = PolicyState::new("a");
                 incremental.snapshot(std::iter::empty());
                 let mut present = BTreeMap::new();
-                for op in &ops {
+                for (n, op) in ops.iter().enumerate() {
                     match op {
                         Op::Put(i) => {
                             let (k, v) = &all[*i];
@@ -590,10 +946,19 @@ mod tests {
                             present.remove(k);
                         }
                     }
+                    if n % compile_every == 0 {
+                        incremental.compile().unwrap();
+                    }
                 }
                 let mut fresh = PolicyState::new("a");
                 fresh.snapshot(present.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
-                prop_assert_eq!(incremental.desired().unwrap(), fresh.desired().unwrap());
+                let expected = fresh.desired().unwrap();
+                prop_assert_eq!(incremental.desired().unwrap(), expected.clone());
+                // The incrementally compiled program is the same, but for set numbering.
+                incremental.compile().unwrap();
+                prop_assert_eq!(incremental.program().canonical(), expected.program.canonical());
+                prop_assert_eq!(incremental.interfaces(), &expected.interfaces);
+                prop_assert_eq!(incremental.skipped(), expected.skipped);
                 // And a snapshot of the same content is no change.
                 let (changed, _) = incremental
                     .snapshot(present.iter().map(|(k, v)| (k.as_str(), v.as_slice())));

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use felis_policy::ProgramDelta;
 use felis_policy::program::Program;
 
+use crate::delta;
 use crate::error::Error;
 use crate::fast;
 use crate::netlink;
@@ -65,6 +67,15 @@ impl PolicyDataplane {
         }
     }
 
+    /// This dataplane is fed programs whose set ids are stable from one to the next (those of
+    /// a [`felis_policy::IncrementalCompiler`]): sets are named after their ids, from the first
+    /// apply or resync on (see [`apply_delta`](PolicyDataplane::apply_delta)).
+    pub fn with_stable_set_ids(mut self) -> PolicyDataplane {
+        self.cache = RenderCache::stable();
+        self.installed = None;
+        self
+    }
+
     /// The ruleset installed by the last successful transaction (`None` before the first, or
     /// after a failure).
     pub fn installed(&self) -> Option<&Ruleset> {
@@ -100,6 +111,7 @@ impl PolicyDataplane {
                     return Err(e);
                 }
                 stats.script_bytes = batch.bytes().len();
+                stats.netlink = true;
                 self.installed = Some(desired);
                 return Ok(stats);
             }
@@ -123,6 +135,64 @@ impl PolicyDataplane {
             }
         }
         self.installed = Some(desired);
+        Ok(stats)
+    }
+
+    /// Makes the kernel enforce `program`, which `delta` led to from the program of the last
+    /// call: the programs of one [`felis_policy::IncrementalCompiler`], whose set ids are
+    /// stable (once a dataplane takes deltas, sets are named after their program ids).
+    ///
+    /// `delta` must name every endpoint whose program or interface changed. A delta of set
+    /// members and endpoints goes to the kernel as one netlink batch built from the delta
+    /// alone, without rendering or diffing the whole ruleset; anything else, and the first
+    /// call, falls back to [`apply`](PolicyDataplane::apply).
+    pub fn apply_delta(
+        &mut self,
+        program: &Program,
+        delta: &ProgramDelta,
+        interfaces: &BTreeMap<String, String>,
+    ) -> Result<ApplyStats, Error> {
+        if !self.cache.stable_set_ids {
+            // What is installed was numbered otherwise: start over.
+            self.cache = RenderCache::stable();
+            self.installed = None;
+        }
+        let plan = match &self.installed {
+            Some(installed) if self.transport == Transport::Netlink => {
+                delta::plan(installed, &self.cache, program, delta, interfaces)
+            }
+            _ => None,
+        };
+        let Some(plan) = plan else {
+            return self.apply(program, interfaces);
+        };
+        let mut stats = plan.stats;
+        if plan.ops.is_empty() {
+            if let Some(installed) = &mut self.installed {
+                plan.apply_to(installed, &mut self.cache);
+            }
+            return Ok(stats);
+        }
+        let session = match &mut self.netlink {
+            Some(session) => session,
+            None => self.netlink.insert(NetlinkSession::open()?),
+        };
+        let batch = session.batch(&plan.ops);
+        if batch.bytes().len() > netlink::MAX_BATCH {
+            return self.apply(program, interfaces);
+        }
+        let Some(mut installed) = self.installed.take() else {
+            return self.apply(program, interfaces);
+        };
+        if let Err(e) = session.commit_batch(&batch) {
+            // The kernel's state is unknown: the next apply is a full one.
+            self.netlink = None;
+            return Err(e);
+        }
+        plan.apply_to(&mut installed, &mut self.cache);
+        self.installed = Some(installed);
+        stats.script_bytes = batch.bytes().len();
+        stats.netlink = true;
         Ok(stats)
     }
 

@@ -1,5 +1,5 @@
 //! Which deltas take the netlink hot path: the difference between two [`Ruleset`]s as
-//! [`netlink::Op`]s, when it is made only of what [`crate::netlink`] can encode.
+//! [`crate::netlink::Op`]s, when it is made only of what [`crate::netlink`] can encode.
 //!
 //! That covers the common changes: a workload endpoint added or removed (its endpoint chains,
 //! verdict-map elements and selector-set members), its labels changed (set members, endpoint

@@ -6,9 +6,12 @@
 //! - [`PolicyDataplane`] keeps the installed ruleset in memory and sends each change as one
 //!   atomic transaction; [`PolicyDataplane::resync`] replaces all of its objects at once.
 //! - [`nft`] runs the `nft` tool: a process per transaction, or one long-lived `nft -i`.
-//! - [`netlink`] is the hot path: deltas made of set/map elements and endpoint chains
-//!   ([`fast::delta_ops`] decides) go to the kernel as one nfnetlink batch on a
-//!   `NETLINK_NETFILTER` socket, without any process.
+//! - [`netlink`] is the hot path: deltas made of sets, set/map elements, endpoint chains and
+//!   policy chains go to the kernel as one nfnetlink batch on a `NETLINK_NETFILTER` socket,
+//!   without any process. [`PolicyDataplane::apply_delta`] builds that batch straight from a
+//!   [`felis_policy::ProgramDelta`] (no whole-ruleset render or diff: the event-to-kernel
+//!   path of one change); [`PolicyDataplane::apply`] diffs whole renderings
+//!   ([`fast::delta_ops`] decides what goes by netlink).
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -30,6 +33,7 @@
 //! [`Program`]: felis_policy::Program
 
 pub mod dataplane;
+mod delta;
 pub mod error;
 pub mod fast;
 pub mod host;

@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use felis_policy::Action;
 use felis_policy::IpVersion;
+use felis_policy::NamedPortMember;
 use felis_policy::Protocol;
 use felis_policy::TierDefaultAction;
 use felis_policy::program::CompiledRule;
@@ -39,6 +40,8 @@ use felis_policy::program::DirectionProgram;
 use felis_policy::program::EndpointProgram;
 use felis_policy::program::IpSetId;
 use felis_policy::program::Match;
+use felis_policy::program::PolicyProgram;
+use felis_policy::program::ProfileProgram;
 use felis_policy::program::Program;
 use felis_policy::program::Side;
 use ipnet::IpNet;
@@ -166,8 +169,10 @@ pub struct ApplyStats {
     pub chains_removed: usize,
     /// Verdict-map elements added, changed or removed.
     pub map_changes: usize,
-    /// Size of the nft script sent.
+    /// Size of the nft script sent (or of the netlink batch).
     pub script_bytes: usize,
+    /// Sent as one netlink batch (not `nft` text).
+    pub netlink: bool,
 }
 
 impl ApplyStats {
@@ -196,12 +201,26 @@ pub fn is_own(name: &str) -> bool {
 pub struct RenderCache {
     chains: BTreeMap<String, CachedChain>,
     /// Endpoint chains by endpoint key.
-    endpoints: BTreeMap<String, CachedEndpoint>,
+    pub(crate) endpoints: BTreeMap<String, CachedEndpoint>,
     /// Set numbering of the previous rendering, see [`SetNumbers`]: per chain kind (policy
     /// ingress and egress, profile ingress and egress), by policy or profile key.
     set_refs: [BTreeMap<String, Vec<u32>>; 4],
     /// Every set number the previous rendering used.
     set_numbers: BTreeSet<u32>,
+    /// The programs rendered number their sets stably ([`felis_policy::IncrementalCompiler`]):
+    /// sets are named after their program ids.
+    pub(crate) stable_set_ids: bool,
+}
+
+impl RenderCache {
+    /// An empty cache for programs whose set ids are stable from one program to the next
+    /// ([`felis_policy::IncrementalCompiler`]): sets are named after their ids.
+    pub fn stable() -> RenderCache {
+        RenderCache {
+            stable_set_ids: true,
+            ..RenderCache::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -217,21 +236,25 @@ struct CachedChain {
 
 /// One endpoint's two chains (ingress, egress), as rendered for its program.
 #[derive(Debug, Clone)]
-struct CachedEndpoint {
-    ifname: String,
+pub(crate) struct CachedEndpoint {
+    pub(crate) ifname: String,
     program: EndpointProgram,
     /// Which of the policies and profiles it refers to exist, per direction.
     presence: [Vec<bool>; 2],
-    rendered: [Arc<[String]>; 2],
+    pub(crate) rendered: [Arc<[String]>; 2],
     /// `tw-<hash>` and `fw-<hash>`.
-    names: [String; 2],
+    pub(crate) names: [String; 2],
 }
 
 impl CachedEndpoint {
     const DIRECTIONS: [(&'static str, &'static str, &'static str); 2] =
         [("tw-", "pi-", "pri-"), ("fw-", "po-", "pro-")];
 
-    fn render(ifname: &str, endpoint: &EndpointProgram, program: &Program) -> CachedEndpoint {
+    pub(crate) fn render(
+        ifname: &str,
+        endpoint: &EndpointProgram,
+        program: &Program,
+    ) -> CachedEndpoint {
         let directions = [&endpoint.ingress, &endpoint.egress];
         let rendered: [Arc<[String]>; 2] = [0, 1].map(|i| {
             let (_, policy_prefix, profile_prefix) = CachedEndpoint::DIRECTIONS[i];
@@ -251,7 +274,7 @@ impl CachedEndpoint {
     }
 
     /// Whether this rendering still holds for `endpoint` in `program`.
-    fn is_current(&self, endpoint: &EndpointProgram, program: &Program) -> bool {
+    pub(crate) fn is_current(&self, endpoint: &EndpointProgram, program: &Program) -> bool {
         self.program == *endpoint
             && [&endpoint.ingress, &endpoint.egress]
                 .iter()
@@ -305,29 +328,14 @@ pub fn render_cached(
     for (id, nets) in &program.ip_sets {
         let id = &numbers.get(*id);
         for net in nets {
-            let (kind, element) = match net {
-                IpNet::V4(n) if n.prefix_len() == 32 => (SetKind::Hosts4, n.addr().to_string()),
-                IpNet::V6(n) if n.prefix_len() == 128 => (SetKind::Hosts6, n.addr().to_string()),
-                IpNet::V4(n) => (SetKind::Nets4, n.trunc().to_string()),
-                IpNet::V6(n) => (SetKind::Nets6, n.trunc().to_string()),
-            };
+            let (kind, element) = ip_element(net);
             insert_element(&mut ruleset.sets, ip_set_name(*id, kind), kind, element);
         }
     }
     for (id, members) in &program.named_port_sets {
         let id = &numbers.get(*id);
         for member in members {
-            // Named ports belong to endpoint addresses: the host address stands for the net.
-            let kind = match member.net {
-                IpNet::V4(_) => SetKind::NamedPorts4,
-                IpNet::V6(_) => SetKind::NamedPorts6,
-            };
-            let element = format!(
-                "{} . {} . {}",
-                member.net.addr(),
-                member.protocol.0,
-                member.port
-            );
+            let (kind, element) = named_port_element(member);
             insert_element(
                 &mut ruleset.sets,
                 named_port_set_name(*id, kind),
@@ -337,8 +345,9 @@ pub fn render_cached(
         }
     }
     let presence = SetPresence::of(&ruleset.sets);
+    let present = |name: &str| ruleset.sets.contains_key(name);
     let renderer = RuleRenderer {
-        sets: &ruleset.sets,
+        present: &present,
         numbers: &numbers,
     };
     let mut previous = std::mem::take(&mut cache.chains);
@@ -655,7 +664,33 @@ fn set_or_map(name: &str) -> &'static str {
     }
 }
 
-fn ip_set_name(id: IpSetId, kind: SetKind) -> String {
+/// The component set an address goes to, and its element text.
+pub(crate) fn ip_element(net: &IpNet) -> (SetKind, String) {
+    match net {
+        IpNet::V4(n) if n.prefix_len() == 32 => (SetKind::Hosts4, n.addr().to_string()),
+        IpNet::V6(n) if n.prefix_len() == 128 => (SetKind::Hosts6, n.addr().to_string()),
+        IpNet::V4(n) => (SetKind::Nets4, n.trunc().to_string()),
+        IpNet::V6(n) => (SetKind::Nets6, n.trunc().to_string()),
+    }
+}
+
+/// The component set a named-port member goes to, and its element text.
+pub(crate) fn named_port_element(member: &NamedPortMember) -> (SetKind, String) {
+    // Named ports belong to endpoint addresses: the host address stands for the net.
+    let kind = match member.net {
+        IpNet::V4(_) => SetKind::NamedPorts4,
+        IpNet::V6(_) => SetKind::NamedPorts6,
+    };
+    let element = format!(
+        "{} . {} . {}",
+        member.net.addr(),
+        member.protocol.0,
+        member.port
+    );
+    (kind, element)
+}
+
+pub(crate) fn ip_set_name(id: IpSetId, kind: SetKind) -> String {
     let suffix = match kind {
         SetKind::Hosts4 => "4h",
         SetKind::Nets4 => "4n",
@@ -667,7 +702,7 @@ fn ip_set_name(id: IpSetId, kind: SetKind) -> String {
     format!("pol-s{}-{suffix}", id.0)
 }
 
-fn named_port_set_name(id: IpSetId, kind: SetKind) -> String {
+pub(crate) fn named_port_set_name(id: IpSetId, kind: SetKind) -> String {
     let family = if kind == SetKind::NamedPorts6 { 6 } else { 4 };
     format!("pol-np{}-{family}", id.0)
 }
@@ -787,6 +822,45 @@ fn endpoint_chain(
     rules
 }
 
+/// The two chains (`pi-`/`po-`) of policy `key`, rendered for the sets `present` says exist,
+/// for programs with stable set ids.
+pub(crate) fn policy_chains(
+    key: &str,
+    policy: &PolicyProgram,
+    present: &dyn Fn(&str) -> bool,
+) -> [(String, Vec<String>); 2] {
+    let numbers = SetNumbers::default();
+    let renderer = RuleRenderer {
+        present,
+        numbers: &numbers,
+    };
+    [("pi-", &policy.ingress), ("po-", &policy.egress)].map(|(prefix, rules)| {
+        (
+            object_name(prefix, key),
+            renderer.rules(rules, PassStyle::MarkAndReturn),
+        )
+    })
+}
+
+/// The two chains (`pri-`/`pro-`) of profile `name`, as [`policy_chains`].
+pub(crate) fn profile_chains(
+    name: &str,
+    profile: &ProfileProgram,
+    present: &dyn Fn(&str) -> bool,
+) -> [(String, Vec<String>); 2] {
+    let numbers = SetNumbers::default();
+    let renderer = RuleRenderer {
+        present,
+        numbers: &numbers,
+    };
+    [("pri-", &profile.ingress), ("pro-", &profile.egress)].map(|(prefix, rules)| {
+        (
+            object_name(prefix, name),
+            renderer.rules(rules, PassStyle::Return),
+        )
+    })
+}
+
 /// Which component sets (hosts/CIDRs per family, named ports per family) exist, by set id.
 struct SetPresence {
     ip: BTreeMap<IpSetId, [bool; 4]>,
@@ -880,6 +954,9 @@ impl SetNumbers {
 
     /// Numbers the sets of `program`, and records them in `cache` for the next rendering.
     fn assign(program: &Program, cache: &mut RenderCache) -> SetNumbers {
+        if cache.stable_set_ids {
+            return SetNumbers::default();
+        }
         let ids = program
             .ip_sets
             .keys()
@@ -1018,7 +1095,8 @@ enum PassStyle {
 }
 
 struct RuleRenderer<'a> {
-    sets: &'a BTreeMap<String, NftSet>,
+    /// Whether the named set exists (a rule refers only to sets that do).
+    present: &'a dyn Fn(&str) -> bool,
     numbers: &'a SetNumbers,
 }
 
@@ -1183,7 +1261,7 @@ impl RuleRenderer<'_> {
                 let present: Vec<String> = kinds
                     .iter()
                     .map(|k| ip_set_name(self.numbers.get(*set), *k))
-                    .filter(|n| self.sets.contains_key(n))
+                    .filter(|n| (self.present)(n))
                     .collect();
                 let address = address(family, *side);
                 if *negated {
@@ -1228,7 +1306,7 @@ impl RuleRenderer<'_> {
                         named
                             .iter()
                             .map(|id| named_port_set_name(self.numbers.get(*id), kind))
-                            .filter(|n| self.sets.contains_key(n))
+                            .filter(|n| (self.present)(n))
                             .collect()
                     }
                     None => Vec::new(),
@@ -1821,7 +1899,7 @@ delete set inet felis pol-s0-4n
     #[test]
     fn negated_matches_expand_to_alternatives() {
         let renderer = RuleRenderer {
-            sets: &BTreeMap::new(),
+            present: &|_: &str| false,
             numbers: &SetNumbers::default(),
         };
         let rules = renderer.rule(
@@ -1910,7 +1988,7 @@ delete set inet felis pol-s0-4n
     #[test]
     fn icmp_rules_render_only_for_their_protocol_family() {
         let renderer = RuleRenderer {
-            sets: &BTreeMap::new(),
+            present: &|_: &str| false,
             numbers: &SetNumbers::default(),
         };
         let icmp = |protocol, negated| {

@@ -12,6 +12,7 @@ use felis_nft::netlink::Element;
 use felis_nft::netlink::EndpointRule;
 use felis_nft::netlink::NetlinkSession;
 use felis_nft::netlink::Op;
+use felis_nft::netlink::PolicyRule;
 use felis_nft::netlink::Verdict;
 use felis_nft::render::SetKind;
 use felis_policy::Endpoint;
@@ -293,4 +294,221 @@ fn normalize(listing: &str) -> Vec<String> {
     blocks.push(current);
     blocks.sort();
     blocks
+}
+
+/// Policy and profile chain rules as the renderer writes them (one per shape it makes).
+const POLICY_RULES: [&str; 14] = [
+    "meta nfproto ipv4 meta l4proto 6 ip saddr @pol-s0-4h th dport { 8000 } accept",
+    "meta nfproto ipv4 meta l4proto 6 ip saddr != @pol-s0-4h th dport != { 8000-8100 } drop",
+    "meta nfproto ipv6 meta l4proto 17 ip6 daddr @pol-s0-6h th sport { 53 } accept",
+    "meta nfproto ipv4 meta l4proto 6 ip daddr . meta l4proto . th dport @pol-np1-4 accept",
+    "meta nfproto ipv6 meta l4proto 6 ip6 saddr . meta l4proto . th sport != @pol-np1-6 drop",
+    "meta nfproto ipv4 meta l4proto 1 icmp type 8 icmp code 0 log prefix \"calico-packet: \"",
+    "meta nfproto ipv6 meta l4proto 58 icmpv6 type != 128 accept",
+    "meta nfproto ipv4 ip saddr @pol-s0-4h meta mark set meta mark | 0x00100000 return",
+    "meta l4proto != 17 return",
+    "meta nfproto ipv4 ip saddr != @pol-s0-4h ip daddr @pol-s0-4h drop",
+    "accept",
+    "drop",
+    "return",
+    "log prefix \"calico-packet: \"",
+];
+
+#[test]
+fn policy_rules_by_netlink_read_back_like_their_nft_text() {
+    if skip_unless_root("policy_rules_by_netlink_read_back_like_their_nft_text") {
+        return;
+    }
+    let ns = TestNetns::new().unwrap();
+    ns.run(|| {
+        felis_nft::nft::apply_script(SETUP).unwrap();
+        let mut text = String::from("add chain inet felis pi-text\n");
+        for rule in POLICY_RULES {
+            text.push_str(&format!("add rule inet felis pi-text {rule}\n"));
+        }
+        felis_nft::nft::apply_script(&text).unwrap();
+        let mut ops = vec![Op::AddChain("pi-netlink".into())];
+        for rule in POLICY_RULES {
+            ops.push(Op::AddPolicyRule {
+                chain: "pi-netlink".into(),
+                rule: PolicyRule::parse(rule).unwrap_or_else(|| panic!("{rule}")),
+            });
+        }
+        NetlinkSession::open().unwrap().commit(&ops).unwrap();
+        let text_chain = nft(&["list", "chain", "inet", "felis", "pi-text"]);
+        let netlink_chain = nft(&["list", "chain", "inet", "felis", "pi-netlink"]);
+        assert_eq!(
+            netlink_chain.lines().count(),
+            POLICY_RULES.len() + 4,
+            "{netlink_chain}"
+        );
+        assert_eq!(
+            body(&netlink_chain, "pi-netlink"),
+            body(&text_chain, "pi-text")
+        );
+    });
+    // Shapes left to nft text: anonymous sets.
+    for rule in [
+        "meta nfproto ipv4 meta l4proto 6 th dport { 80, 8000-8100 } accept",
+        "meta nfproto ipv4 ip saddr != { 192.168.0.0/16 } drop",
+        "meta l4proto { 6, 17, 132, 136 } th dport { 80 } accept",
+    ] {
+        assert!(PolicyRule::parse(rule).is_none(), "{rule}");
+    }
+}
+
+/// `nft list table inet felis` with blocks (chains, sets, maps) and set elements sorted: two
+/// tables with the same objects compare equal whatever order they were created in.
+fn normalized_table() -> Vec<String> {
+    let listing = nft(&["list", "table", "inet", "felis"]);
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    let mut elements: Option<String> = None;
+    for line in listing.lines() {
+        let trimmed = line.trim();
+        if let Some(text) = &mut elements {
+            text.push_str(trimmed);
+            if trimmed.ends_with('}') {
+                let inner = text
+                    .trim_start_matches("elements = {")
+                    .trim_end_matches('}');
+                let mut items: Vec<String> =
+                    inner.split(',').map(|i| i.trim().to_string()).collect();
+                items.sort();
+                if let Some(block) = &mut current {
+                    block.push(format!("elements {}", items.join(",")));
+                }
+                elements = None;
+            }
+            continue;
+        }
+        if line.starts_with("\tchain ") || line.starts_with("\tset ") || line.starts_with("\tmap ")
+        {
+            current = Some(vec![trimmed.to_string()]);
+        } else if line == "\t}" {
+            if let Some(block) = current.take() {
+                blocks.push(block.join("\n"));
+            }
+        } else if trimmed.starts_with("elements = {") {
+            if trimmed.ends_with('}') {
+                elements = Some(String::new());
+                let text = elements.as_mut().unwrap();
+                text.push_str(trimmed);
+                let inner = text
+                    .trim_start_matches("elements = {")
+                    .trim_end_matches('}')
+                    .to_string();
+                let mut items: Vec<String> =
+                    inner.split(',').map(|i| i.trim().to_string()).collect();
+                items.sort();
+                if let Some(block) = &mut current {
+                    block.push(format!("elements {}", items.join(",")));
+                }
+                elements = None;
+            } else {
+                elements = Some(trimmed.to_string());
+            }
+        } else if let Some(block) = &mut current {
+            block.push(trimmed.to_string());
+        }
+    }
+    blocks.sort();
+    blocks
+}
+
+#[test]
+fn netlink_deltas_leave_what_a_full_resync_installs() {
+    if skip_unless_root("netlink_deltas_leave_what_a_full_resync_installs") {
+        return;
+    }
+    use felis_policy::IncrementalCompiler;
+    use felis_policy::Namespace;
+    let pod = |i: u64, app: u64| Endpoint {
+        name: format!("pod{i}"),
+        namespace: Some(format!("ns{}", i % 2)),
+        labels: [("app".to_string(), format!("app{app}"))].into(),
+        ips: vec![format!("10.0.0.{}/32", i + 1).parse().unwrap()],
+        profiles: vec![format!("kns.ns{}", i % 2)],
+        orchestrator: Some("k8s".to_string()),
+        ports: if (i + app).is_multiple_of(3) {
+            vec![felis_policy::NamedPort {
+                name: "http".to_string(),
+                protocol: felis_policy::Protocol::TCP,
+                port: 8080,
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Endpoint::default()
+    };
+    let policy = |i: u64, v: u64| -> Policy {
+        serde_json::from_value(serde_json::json!({
+            "name": format!("p{i}"), "namespace": format!("ns{}", i % 2),
+            "selector": format!("app == 'app{}'", (i + v / 3) % 4), "order": v % 2,
+            "ingress": [
+                {"action": if v.is_multiple_of(2) { "Allow" } else { "Deny" }, "protocol": "TCP",
+                 "source": {"selector": format!("app == 'app{}'", i % 4)}, "destination": {"ports": [8000 + v]}},
+                {"action": "Pass", "source": {"selector": "app == 'app0'"}},
+                {"action": "Allow", "protocol": "TCP", "destination": {"ports": [if v.is_multiple_of(3) { "http" } else { "https" }]}}
+            ]
+        }))
+        .unwrap()
+    };
+    let mut set = PolicySet::new();
+    for ns in ["ns0", "ns1"] {
+        set.add_profile(Profile::allow_all(format!("kns.{ns}")));
+        set.add_namespace(Namespace {
+            name: ns.to_string(),
+            labels: BTreeMap::new(),
+        });
+    }
+    for i in 0..8 {
+        set.add_endpoint(pod(i, i % 4));
+    }
+    for i in 0..4 {
+        set.add_policy(policy(i, 0));
+    }
+    let keys = |i: u64| format!("ns{}/pod{i}", i % 2);
+    let interfaces: BTreeMap<String, String> =
+        (0..10).map(|i| (keys(i), format!("cali{i}"))).collect();
+    let mut compiler = IncrementalCompiler::new("n");
+    compiler.rebuild(set, (0..10).map(keys).collect());
+    let deltas = TestNetns::new().unwrap();
+    let full = TestNetns::new().unwrap();
+    let mut incremental =
+        PolicyDataplane::with_config(Default::default(), Transport::Netlink).with_stable_set_ids();
+    let mut reference =
+        PolicyDataplane::with_config(Default::default(), Transport::Netlink).with_stable_set_ids();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (rng >> 33) % n
+    };
+    let mut by_netlink = 0;
+    for step in 0..60 {
+        if step > 0 {
+            match next(5) {
+                0 => compiler.delete_endpoint(&keys(next(10))),
+                1 | 2 => compiler.put_endpoint(pod(next(10), next(4)), true),
+                3 => compiler.put_policy(policy(next(5), next(6))),
+                _ => compiler.delete_policy(&format!("ns{0}/p{1}", next(2), next(5))),
+            }
+        }
+        let delta = compiler.take_delta();
+        let program = compiler.program();
+        let stats = deltas
+            .run(|| incremental.apply_delta(program, &delta, &interfaces))
+            .unwrap_or_else(|e| panic!("step {step}: {e}"));
+        // No rule here needs nft text: everything after the first apply goes by netlink.
+        assert!(step == 0 || !stats.full, "step {step}: {stats:?}");
+        if !stats.full && stats.script_bytes > 0 && !stats.is_empty() {
+            by_netlink += 1;
+        }
+        full.run(|| reference.resync(program, &interfaces)).unwrap();
+        let (got, want) = (deltas.run(normalized_table), full.run(normalized_table));
+        assert!(want.len() > 10, "{want:?}");
+        assert_eq!(got, want, "step {step}: {delta:?}");
+    }
+    eprintln!("{by_netlink} of 60 deltas by netlink");
+    assert!(by_netlink > 10, "only {by_netlink} deltas went by netlink");
 }

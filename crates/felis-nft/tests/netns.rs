@@ -868,3 +868,87 @@ fn nft_accepts_every_rendered_rule_shape() {
         panic!("{e}");
     }
 }
+
+#[test]
+fn incremental_deltas_go_by_netlink_and_enforce_what_the_program_says() {
+    if skip_unless_root("incremental_deltas_go_by_netlink_and_enforce_what_the_program_says") {
+        return;
+    }
+    let topology = Topology::new(&["a", "b", "c"]);
+    let _server = Server::start(topology.ns("b"), 8080);
+    let client = |name: &str| {
+        let mut p = pod(name);
+        p.labels.insert("role".to_string(), "client".to_string());
+        p
+    };
+    let mut set = base_set(&["b", "c"]);
+    set.add_namespace(felis_policy::Namespace {
+        name: "prod".to_string(),
+        labels: BTreeMap::new(),
+    });
+    set.add_endpoint(client("a"))
+        .add_policy(policy(serde_json::json!({
+            "name": "b", "namespace": "prod", "selector": "app == 'b'", "types": ["Ingress"],
+            "ingress": [{"action": "Allow", "source": {"selector": "role == 'client'"}}]
+        })));
+    let local = ["prod/a", "prod/b", "prod/c"].map(String::from).into();
+    let mut compiler = felis_policy::IncrementalCompiler::new("n1");
+    compiler.rebuild(set, local);
+    let all = interfaces(&["a", "b", "c"]);
+    let mut dataplane =
+        PolicyDataplane::with_config(Default::default(), Transport::Netlink).with_stable_set_ids();
+    let delta = compiler.take_delta();
+    let stats = topology
+        .host
+        .run(|| dataplane.apply_delta(compiler.program(), &delta, &all))
+        .unwrap();
+    assert!(stats.full);
+    let program = compiler.program().clone();
+    assert!(check(&topology, &program, "a", "b", Probe::Tcp(8080)));
+    assert!(!check(&topology, &program, "c", "b", Probe::Tcp(8080)));
+
+    // c becomes a client, a stops being one: two set elements, by netlink.
+    compiler.put_endpoint(client("c"), true);
+    compiler.put_endpoint(pod("a"), true);
+    let delta = compiler.take_delta();
+    let stats = topology
+        .host
+        .run(|| dataplane.apply_delta(compiler.program(), &delta, &all))
+        .unwrap();
+    assert_eq!(
+        (stats.full, stats.elements_added, stats.elements_removed),
+        (false, 1, 1),
+        "{stats:?}"
+    );
+    let program = compiler.program().clone();
+    assert!(!check(&topology, &program, "a", "b", Probe::Tcp(8080)));
+    assert!(check(&topology, &program, "c", "b", Probe::Tcp(8080)));
+
+    // c goes: its map entries and set element leave; then it comes back.
+    compiler.delete_endpoint("prod/c");
+    let delta = compiler.take_delta();
+    let stats = topology
+        .host
+        .run(|| dataplane.apply_delta(compiler.program(), &delta, &all))
+        .unwrap();
+    assert!(!stats.full && stats.map_changes == 2, "{stats:?}");
+    assert!(!tcp_connects(topology.ns("c"), ip("b"), 8080));
+    compiler.put_endpoint(client("c"), true);
+    let delta = compiler.take_delta();
+    let stats = topology
+        .host
+        .run(|| dataplane.apply_delta(compiler.program(), &delta, &all))
+        .unwrap();
+    assert!(!stats.full && stats.map_changes == 2, "{stats:?}");
+    let program = compiler.program().clone();
+    assert!(check(&topology, &program, "c", "b", Probe::Tcp(8080)));
+    // What the deltas left equals a full rendering of the program.
+    let installed = dataplane.installed().unwrap().clone();
+    let fresh = felis_nft::render::render_cached(
+        &program,
+        &all,
+        &Default::default(),
+        &mut felis_nft::render::RenderCache::stable(),
+    );
+    assert_eq!(installed, fresh);
+}

@@ -81,64 +81,12 @@ impl PolicySet {
             BTreeMap::new();
         for resource in resources {
             match resource {
-                Resource::NetworkPolicy(p) => {
-                    let s = &p.spec;
-                    let what = describe("NetworkPolicy", resource);
-                    let conv = Converter { resource: &what };
-                    set.add_policy(Policy {
-                        name: p.metadata.name.clone(),
-                        namespace: Some(namespace_of(resource)),
-                        tier: tier_name(&s.tier),
-                        order: s.order,
-                        selector: conv.selector(&s.selector, "spec.selector")?,
-                        namespace_selector: None,
-                        service_account_selector: conv.optional_selector(
-                            &s.service_account_selector,
-                            "spec.serviceAccountSelector",
-                        )?,
-                        types: s.types.iter().map(|t| direction(*t)).collect(),
-                        ingress: conv.rules(&s.ingress, "spec.ingress")?,
-                        egress: conv.rules(&s.egress, "spec.egress")?,
-                        apply_on_forward: false,
-                        pre_dnat: false,
-                        do_not_track: false,
-                    });
-                }
-                Resource::GlobalNetworkPolicy(p) => {
-                    let s = &p.spec;
-                    let what = describe("GlobalNetworkPolicy", resource);
-                    let conv = Converter { resource: &what };
-                    set.add_policy(Policy {
-                        name: p.metadata.name.clone(),
-                        namespace: None,
-                        tier: tier_name(&s.tier),
-                        order: s.order,
-                        selector: conv.selector(&s.selector, "spec.selector")?,
-                        namespace_selector: conv
-                            .optional_selector(&s.namespace_selector, "spec.namespaceSelector")?,
-                        service_account_selector: conv.optional_selector(
-                            &s.service_account_selector,
-                            "spec.serviceAccountSelector",
-                        )?,
-                        types: s.types.iter().map(|t| direction(*t)).collect(),
-                        ingress: conv.rules(&s.ingress, "spec.ingress")?,
-                        egress: conv.rules(&s.egress, "spec.egress")?,
-                        apply_on_forward: s.apply_on_forward,
-                        pre_dnat: s.pre_dnat,
-                        do_not_track: s.do_not_track,
-                    });
-                }
-                Resource::K8sNetworkPolicy(p) => {
-                    let namespace = namespace_of(resource);
-                    let decode_error = |source| Error::K8sPolicyDecode {
-                        namespace: namespace.clone(),
-                        name: p.metadata.name.clone(),
-                        source,
-                    };
-                    let value = serde_json::to_value(p).map_err(decode_error)?;
-                    let mut k8s: K8sPolicy = serde_json::from_value(value).map_err(decode_error)?;
-                    k8s.metadata.namespace = Some(namespace.clone());
-                    set.add_policy(k8s.to_policy()?);
+                Resource::NetworkPolicy(_)
+                | Resource::GlobalNetworkPolicy(_)
+                | Resource::K8sNetworkPolicy(_) => {
+                    if let Some(policy) = policy_from_resource(resource)? {
+                        set.add_policy(policy);
+                    }
                 }
                 Resource::Tier(t) => {
                     set.add_tier(Tier {
@@ -279,6 +227,84 @@ impl PolicySet {
             set.add_endpoint(endpoint);
         }
         Ok(set)
+    }
+}
+
+/// The policy a `NetworkPolicy`, `GlobalNetworkPolicy` or Kubernetes `NetworkPolicy` resource
+/// stands for (as [`PolicySet::from_resources`] converts it); `None` for other kinds.
+pub fn policy_from_resource(resource: &Resource) -> Result<Option<Policy>, Error> {
+    let policy = match resource {
+        Resource::NetworkPolicy(p) => {
+            let s = &p.spec;
+            let what = describe("NetworkPolicy", resource);
+            let conv = Converter { resource: &what };
+            Policy {
+                name: p.metadata.name.clone(),
+                namespace: Some(namespace_of(resource)),
+                tier: tier_name(&s.tier),
+                order: s.order,
+                selector: conv.selector(&s.selector, "spec.selector")?,
+                namespace_selector: None,
+                service_account_selector: conv.optional_selector(
+                    &s.service_account_selector,
+                    "spec.serviceAccountSelector",
+                )?,
+                types: s.types.iter().map(|t| direction(*t)).collect(),
+                ingress: conv.rules(&s.ingress, "spec.ingress")?,
+                egress: conv.rules(&s.egress, "spec.egress")?,
+                apply_on_forward: false,
+                pre_dnat: false,
+                do_not_track: false,
+            }
+        }
+        Resource::GlobalNetworkPolicy(p) => {
+            let s = &p.spec;
+            let what = describe("GlobalNetworkPolicy", resource);
+            let conv = Converter { resource: &what };
+            Policy {
+                name: p.metadata.name.clone(),
+                namespace: None,
+                tier: tier_name(&s.tier),
+                order: s.order,
+                selector: conv.selector(&s.selector, "spec.selector")?,
+                namespace_selector: conv
+                    .optional_selector(&s.namespace_selector, "spec.namespaceSelector")?,
+                service_account_selector: conv.optional_selector(
+                    &s.service_account_selector,
+                    "spec.serviceAccountSelector",
+                )?,
+                types: s.types.iter().map(|t| direction(*t)).collect(),
+                ingress: conv.rules(&s.ingress, "spec.ingress")?,
+                egress: conv.rules(&s.egress, "spec.egress")?,
+                apply_on_forward: s.apply_on_forward,
+                pre_dnat: s.pre_dnat,
+                do_not_track: s.do_not_track,
+            }
+        }
+        Resource::K8sNetworkPolicy(p) => {
+            let namespace = namespace_of(resource);
+            let decode_error = |source| Error::K8sPolicyDecode {
+                namespace: namespace.clone(),
+                name: p.metadata.name.clone(),
+                source,
+            };
+            let value = serde_json::to_value(p).map_err(decode_error)?;
+            let mut k8s: K8sPolicy = serde_json::from_value(value).map_err(decode_error)?;
+            k8s.metadata.namespace = Some(namespace.clone());
+            k8s.to_policy()?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(policy))
+}
+
+/// The endpoint a `WorkloadEndpoint` or `HostEndpoint` resource stands for (as
+/// [`PolicySet::from_resources`] converts it); `None` for other kinds.
+pub fn endpoint_from_resource(resource: &Resource) -> Option<Endpoint> {
+    match resource {
+        Resource::WorkloadEndpoint(w) => Some(workload_endpoint(resource, w)),
+        Resource::HostEndpoint(h) => Some(host_endpoint(h)),
+        _ => None,
     }
 }
 

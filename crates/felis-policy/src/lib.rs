@@ -106,6 +106,12 @@
 //! - Equal-order policies sort by `<namespace>/<name>` (GNPs by `<name>`), as Felix does.
 //! - A Pass rule in a profile ends that profile; the next profile is tried.
 //!
+//! [`IncrementalCompiler`] keeps a node's [`Program`] up to date change by change (an endpoint
+//! or a policy put or deleted costs what it touches, not the cluster), with sets numbered by
+//! definition so that their ids never change while members come and go, and records each
+//! change as a [`ProgramDelta`] for the dataplane; [`Program::canonical`] compares it with
+//! [`PolicySet::compile_for_node`] (a property test checks random change sequences).
+//!
 //! [`host`] adds host endpoints and traffic to and from hosts: failsafe ports, the untracked
 //! and pre-DNAT stages, applyOnForward, `defaultEndpointToHostAction` and host→workload;
 //! [`trace()`] uses it ([`PolicySet::path_verdict`]), and [`PolicySet::compile_for_node`]
@@ -118,6 +124,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod host;
+pub mod incremental;
 pub mod k8s;
 pub mod model;
 pub mod program;
@@ -134,6 +141,8 @@ pub use host::HostPolicyConfig;
 pub use host::NEIGHBOR_DISCOVERY_TYPES;
 pub use host::PathEnd;
 pub use host::Stage;
+pub use incremental::IncrementalCompiler;
+pub use incremental::ProgramDelta;
 pub use model::Action;
 pub use model::Direction;
 pub use model::Endpoint;

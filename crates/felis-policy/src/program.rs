@@ -30,7 +30,9 @@ use crate::model::EntityRule;
 use crate::model::IcmpMatch;
 use crate::model::IpVersion;
 use crate::model::Packet;
+use crate::model::Policy;
 use crate::model::Port;
+use crate::model::Profile;
 use crate::model::Protocol;
 use crate::model::Rule;
 use crate::model::TierDefaultAction;
@@ -231,55 +233,22 @@ impl PolicySet {
         node: &str,
     ) -> Program {
         let mut compiler = self.compile_endpoints(local);
-        let mut host = HostProgram {
-            node: node.to_string(),
-            config: self.host_config(node).clone(),
-            endpoints: BTreeMap::new(),
-        };
-        for hep in self.host_endpoints_of(node) {
-            let interface_name = hep
-                .host_endpoint
-                .as_ref()
-                .map(|h| h.interface_name.clone())
-                .unwrap_or_default();
-            let mut stage = |stage: Stage, direction: Direction, profiles: bool| {
-                if stage == Stage::Untracked && interface_name == "*" {
-                    return DirectionProgram::default();
-                }
-                compiler.direction(hep, direction, stage, profiles)
-            };
-            let program = HostEndpointProgram {
-                untracked: EndpointProgram {
-                    ingress: stage(Stage::Untracked, Direction::Ingress, false),
-                    egress: stage(Stage::Untracked, Direction::Egress, false),
-                },
-                pre_dnat: stage(Stage::PreDnat, Direction::Ingress, false),
-                normal: EndpointProgram {
-                    ingress: stage(Stage::Normal, Direction::Ingress, true),
-                    egress: stage(Stage::Normal, Direction::Egress, true),
-                },
-                forward: EndpointProgram {
-                    ingress: stage(Stage::Forward, Direction::Ingress, false),
-                    egress: stage(Stage::Forward, Direction::Egress, false),
-                },
-                interface_name: interface_name.clone(),
-            };
-            host.endpoints.insert(endpoint_key(hep), program);
-        }
-        compiler.program.host = Some(host);
-        compiler.program
+        let host = host_program(self, node, |hep, direction, stage, profiles| {
+            compiler.direction(hep, direction, stage, profiles)
+        });
+        compiler.finish(Some(host))
     }
 
     /// Compiles the policy that applies to `local` endpoints into a [`Program`].
     pub fn compile<'a>(&self, local: impl IntoIterator<Item = &'a Endpoint>) -> Program {
-        self.compile_endpoints(local).program
+        self.compile_endpoints(local).finish(None)
     }
 
     fn compile_endpoints<'a>(&self, local: impl IntoIterator<Item = &'a Endpoint>) -> Compiler<'_> {
         let mut compiler = Compiler {
             set: self,
             program: Program::default(),
-            set_ids: BTreeMap::new(),
+            sets: ContentSets::default(),
         };
         for endpoint in local {
             let programs = [Direction::Ingress, Direction::Egress]
@@ -294,6 +263,107 @@ impl PolicySet {
     }
 }
 
+/// The host side of `node`'s program: its host endpoints, each stage's direction programs made
+/// by `direction(host endpoint, direction, stage, with profiles)`.
+pub(crate) fn host_program(
+    set: &PolicySet,
+    node: &str,
+    mut direction: impl FnMut(&Endpoint, Direction, Stage, bool) -> DirectionProgram,
+) -> HostProgram {
+    let mut host = HostProgram {
+        node: node.to_string(),
+        config: set.host_config(node).clone(),
+        endpoints: BTreeMap::new(),
+    };
+    for hep in set.host_endpoints_of(node) {
+        let interface_name = hep
+            .host_endpoint
+            .as_ref()
+            .map(|h| h.interface_name.clone())
+            .unwrap_or_default();
+        let mut stage = |stage: Stage, dir: Direction, profiles: bool| {
+            if stage == Stage::Untracked && interface_name == "*" {
+                return DirectionProgram::default();
+            }
+            direction(hep, dir, stage, profiles)
+        };
+        let program = HostEndpointProgram {
+            untracked: EndpointProgram {
+                ingress: stage(Stage::Untracked, Direction::Ingress, false),
+                egress: stage(Stage::Untracked, Direction::Egress, false),
+            },
+            pre_dnat: stage(Stage::PreDnat, Direction::Ingress, false),
+            normal: EndpointProgram {
+                ingress: stage(Stage::Normal, Direction::Ingress, true),
+                egress: stage(Stage::Normal, Direction::Egress, true),
+            },
+            forward: EndpointProgram {
+                ingress: stage(Stage::Forward, Direction::Ingress, false),
+                egress: stage(Stage::Forward, Direction::Egress, false),
+            },
+            interface_name: interface_name.clone(),
+        };
+        host.endpoints.insert(endpoint_key(hep), program);
+    }
+    host
+}
+
+/// The tiers of `stage` (and, with `profiles`, the profiles) of `endpoint` in `direction`, by
+/// policy key, and the policies they name (in the order they appear).
+pub(crate) fn direction_program<'a>(
+    set: &'a PolicySet,
+    endpoint: &Endpoint,
+    direction: Direction,
+    stage: Stage,
+    profiles: bool,
+) -> (DirectionProgram, Vec<&'a Policy>) {
+    let mut named = Vec::new();
+    let tiers = set
+        .applicable_tiers_in(endpoint, direction, stage)
+        .into_iter()
+        .map(|applied| TierProgram {
+            tier: applied.tier.name.clone(),
+            policies: applied
+                .policies
+                .iter()
+                .map(|policy| {
+                    named.push(*policy);
+                    policy_key(policy).into_owned()
+                })
+                .collect(),
+            default_action: applied.tier.default_action,
+        })
+        .collect();
+    let profiles = if profiles {
+        endpoint.profiles.clone()
+    } else {
+        Vec::new()
+    };
+    (DirectionProgram { tiers, profiles }, named)
+}
+
+/// The sets of one entity rule, as a [`SetSource`] numbered them.
+#[derive(Debug, Default)]
+pub(crate) struct EntitySets {
+    /// The selector/namespaceSelector/serviceAccounts set, when the entity is restricted.
+    pub(crate) selected: Option<IpSetId>,
+    /// The notSelector set, when there is a notSelector.
+    pub(crate) excluded: Option<IpSetId>,
+    /// One named-port set per named port in `ports`/`notPorts`.
+    pub(crate) named: BTreeMap<String, IpSetId>,
+}
+
+/// Where compiled rules get their set ids from.
+pub(crate) trait SetSource {
+    /// The sets behind `entity` of a rule in a policy of `policy_namespace`.
+    fn entity_sets(
+        &mut self,
+        set: &PolicySet,
+        entity: &EntityRule,
+        policy_namespace: Option<&str>,
+    ) -> EntitySets;
+}
+
 /// What an IP set was made from: the key that deduplicates sets.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum SetContents {
@@ -301,10 +371,65 @@ enum SetContents {
     NamedPorts(Vec<NamedPortMember>),
 }
 
+/// Sets deduplicated by contents, numbered in the order they are first met.
+#[derive(Debug, Default)]
+struct ContentSets {
+    ids: BTreeMap<SetContents, IpSetId>,
+    ip_sets: BTreeMap<IpSetId, Vec<IpNet>>,
+    named_port_sets: BTreeMap<IpSetId, Vec<NamedPortMember>>,
+}
+
+impl ContentSets {
+    fn id(&mut self, contents: SetContents) -> IpSetId {
+        if let Some(id) = self.ids.get(&contents) {
+            return *id;
+        }
+        let id = IpSetId(u32::try_from(self.ids.len()).unwrap_or(u32::MAX));
+        match &contents {
+            SetContents::Nets(nets) => {
+                self.ip_sets.insert(id, nets.clone());
+            }
+            SetContents::NamedPorts(members) => {
+                self.named_port_sets.insert(id, members.clone());
+            }
+        }
+        self.ids.insert(contents, id);
+        id
+    }
+}
+
+impl SetSource for ContentSets {
+    fn entity_sets(
+        &mut self,
+        set: &PolicySet,
+        entity: &EntityRule,
+        policy_namespace: Option<&str>,
+    ) -> EntitySets {
+        let resolved = set.resolve_entity(entity, policy_namespace);
+        let selected = resolved
+            .selected
+            .map(|nets| self.id(SetContents::Nets(nets)));
+        let excluded = entity
+            .not_selector
+            .is_some()
+            .then(|| self.id(SetContents::Nets(resolved.excluded)));
+        let named = resolved
+            .named_ports
+            .into_iter()
+            .map(|(name, members)| (name, self.id(SetContents::NamedPorts(members))))
+            .collect();
+        EntitySets {
+            selected,
+            excluded,
+            named,
+        }
+    }
+}
+
 struct Compiler<'a> {
     set: &'a PolicySet,
     program: Program,
-    set_ids: BTreeMap<SetContents, IpSetId>,
+    sets: ContentSets,
 }
 
 impl Compiler<'_> {
@@ -317,54 +442,23 @@ impl Compiler<'_> {
         stage: Stage,
         profiles: bool,
     ) -> DirectionProgram {
-        let set = self.set;
-        let tiers = set
-            .applicable_tiers_in(endpoint, direction, stage)
-            .into_iter()
-            .map(|applied| TierProgram {
-                tier: applied.tier.name.clone(),
-                policies: applied
-                    .policies
-                    .iter()
-                    .map(|policy| self.policy(policy))
-                    .collect(),
-                default_action: applied.tier.default_action,
-            })
-            .collect();
-        let profiles = if profiles {
-            for name in &endpoint.profiles {
-                self.profile(name);
-            }
-            endpoint.profiles.clone()
-        } else {
-            Vec::new()
-        };
-        DirectionProgram { tiers, profiles }
+        let (program, policies) = direction_program(self.set, endpoint, direction, stage, profiles);
+        for policy in policies {
+            self.policy(policy);
+        }
+        for name in &program.profiles {
+            self.profile(name);
+        }
+        program
     }
 
-    /// Compiles `policy` once; returns its key.
-    fn policy(&mut self, policy: &crate::model::Policy) -> String {
-        let key = policy_key(policy).into_owned();
-        if !self.program.policies.contains_key(&key) {
-            let namespace = policy.namespace.as_deref();
-            let program = PolicyProgram {
-                tier: policy.tier.clone(),
-                namespace: policy.namespace.clone(),
-                name: policy.name.clone(),
-                ingress: policy
-                    .ingress
-                    .iter()
-                    .map(|r| self.rule(r, namespace))
-                    .collect(),
-                egress: policy
-                    .egress
-                    .iter()
-                    .map(|r| self.rule(r, namespace))
-                    .collect(),
-            };
-            self.program.policies.insert(key.clone(), program);
+    /// Compiles `policy` once.
+    fn policy(&mut self, policy: &Policy) {
+        let key = policy_key(policy);
+        if !self.program.policies.contains_key(key.as_ref()) {
+            let program = compile_policy(self.set, policy, &mut self.sets);
+            self.program.policies.insert(key.into_owned(), program);
         }
-        key
     }
 
     fn profile(&mut self, name: &str) {
@@ -374,152 +468,258 @@ impl Compiler<'_> {
         let Some(profile) = self.set.profiles.get(name) else {
             return;
         };
-        let program = ProfileProgram {
-            ingress: profile.ingress.iter().map(|r| self.rule(r, None)).collect(),
-            egress: profile.egress.iter().map(|r| self.rule(r, None)).collect(),
-        };
+        let program = compile_profile(self.set, profile, &mut self.sets);
         self.program.profiles.insert(name.to_string(), program);
     }
 
-    fn set_id(&mut self, contents: SetContents) -> IpSetId {
-        if let Some(id) = self.set_ids.get(&contents) {
-            return *id;
-        }
-        let id = IpSetId(u32::try_from(self.set_ids.len()).unwrap_or(u32::MAX));
-        match &contents {
-            SetContents::Nets(nets) => self.program.ip_sets.insert(id, nets.clone()),
-            SetContents::NamedPorts(members) => {
-                self.program.named_port_sets.insert(id, members.clone());
-                None
-            }
-        };
-        self.set_ids.insert(contents, id);
-        id
-    }
-
-    fn rule(&mut self, rule: &Rule, policy_namespace: Option<&str>) -> CompiledRule {
-        let mut matches = Vec::new();
-        // A rule is rendered only for the family of its CIDRs (and its ipVersion).
-        let mut families: Vec<IpVersion> = rule.ip_version.into_iter().collect();
-        for entity in [&rule.source, &rule.destination] {
-            families.extend(
-                entity
-                    .nets
-                    .iter()
-                    .chain(&entity.not_nets)
-                    .map(IpVersion::of_net),
-            );
-        }
-        match families.split_first() {
-            None => {}
-            Some((first, rest)) if rest.iter().all(|f| f == first) => {
-                matches.push(Match::IpVersion(*first));
-            }
-            Some(_) => matches.push(Match::Never),
-        }
-        if let Some(protocol) = rule.protocol {
-            matches.push(Match::Protocol {
-                protocol,
-                negated: false,
-            });
-        }
-        if let Some(protocol) = rule.not_protocol {
-            matches.push(Match::Protocol {
-                protocol,
-                negated: true,
-            });
-        }
-        if let Some(icmp) = rule.icmp {
-            matches.push(Match::Icmp {
-                icmp,
-                negated: false,
-            });
-        }
-        if let Some(icmp) = rule.not_icmp {
-            matches.push(Match::Icmp {
-                icmp,
-                negated: true,
-            });
-        }
-        self.entity(&rule.source, Side::Source, policy_namespace, &mut matches);
-        self.entity(
-            &rule.destination,
-            Side::Destination,
-            policy_namespace,
-            &mut matches,
-        );
-        CompiledRule {
-            action: rule.action,
-            matches,
-        }
-    }
-
-    fn entity(
-        &mut self,
-        entity: &EntityRule,
-        side: Side,
-        policy_namespace: Option<&str>,
-        out: &mut Vec<Match>,
-    ) {
-        if !entity.nets.is_empty() {
-            out.push(Match::Nets {
-                side,
-                nets: entity.nets.clone(),
-                negated: false,
-            });
-        }
-        if !entity.not_nets.is_empty() {
-            out.push(Match::Nets {
-                side,
-                nets: entity.not_nets.clone(),
-                negated: true,
-            });
-        }
-        let resolved = self.set.resolve_entity(entity, policy_namespace);
-        if let Some(selected) = resolved.selected {
-            let set = self.set_id(SetContents::Nets(selected));
-            out.push(Match::Set {
-                side,
-                set,
-                negated: false,
-            });
-        }
-        if entity.not_selector.is_some() {
-            let set = self.set_id(SetContents::Nets(resolved.excluded));
-            out.push(Match::Set {
-                side,
-                set,
-                negated: true,
-            });
-        }
-        let mut named_ports = resolved.named_ports;
-        for (ports, negated) in [(&entity.ports, false), (&entity.not_ports, true)] {
-            if ports.is_empty() {
-                continue;
-            }
-            let mut ranges = Vec::new();
-            let mut named = Vec::new();
-            for port in ports {
-                match port {
-                    Port::Number(p) => ranges.push((*p, *p)),
-                    Port::Range(start, end) => ranges.push((*start, *end)),
-                    Port::Named(name) => {
-                        let members = named_ports.remove(name).unwrap_or_default();
-                        named.push(self.set_id(SetContents::NamedPorts(members)));
-                    }
-                }
-            }
-            out.push(Match::Ports {
-                side,
-                ranges,
-                named,
-                negated,
-            });
-        }
+    fn finish(mut self, host: Option<HostProgram>) -> Program {
+        self.program.ip_sets = self.sets.ip_sets;
+        self.program.named_port_sets = self.sets.named_port_sets;
+        self.program.host = host;
+        self.program
     }
 }
 
+/// `policy`'s rules compiled, sets numbered by `sets`.
+pub(crate) fn compile_policy(
+    set: &PolicySet,
+    policy: &Policy,
+    sets: &mut dyn SetSource,
+) -> PolicyProgram {
+    let namespace = policy.namespace.as_deref();
+    PolicyProgram {
+        tier: policy.tier.clone(),
+        namespace: policy.namespace.clone(),
+        name: policy.name.clone(),
+        ingress: policy
+            .ingress
+            .iter()
+            .map(|r| compile_rule(set, r, namespace, sets))
+            .collect(),
+        egress: policy
+            .egress
+            .iter()
+            .map(|r| compile_rule(set, r, namespace, sets))
+            .collect(),
+    }
+}
+
+/// `profile`'s rules compiled, sets numbered by `sets`.
+pub(crate) fn compile_profile(
+    set: &PolicySet,
+    profile: &Profile,
+    sets: &mut dyn SetSource,
+) -> ProfileProgram {
+    ProfileProgram {
+        ingress: profile
+            .ingress
+            .iter()
+            .map(|r| compile_rule(set, r, None, sets))
+            .collect(),
+        egress: profile
+            .egress
+            .iter()
+            .map(|r| compile_rule(set, r, None, sets))
+            .collect(),
+    }
+}
+
+fn compile_rule(
+    set: &PolicySet,
+    rule: &Rule,
+    policy_namespace: Option<&str>,
+    sets: &mut dyn SetSource,
+) -> CompiledRule {
+    let mut matches = Vec::new();
+    // A rule is rendered only for the family of its CIDRs (and its ipVersion).
+    let mut families: Vec<IpVersion> = rule.ip_version.into_iter().collect();
+    for entity in [&rule.source, &rule.destination] {
+        families.extend(
+            entity
+                .nets
+                .iter()
+                .chain(&entity.not_nets)
+                .map(IpVersion::of_net),
+        );
+    }
+    match families.split_first() {
+        None => {}
+        Some((first, rest)) if rest.iter().all(|f| f == first) => {
+            matches.push(Match::IpVersion(*first));
+        }
+        Some(_) => matches.push(Match::Never),
+    }
+    if let Some(protocol) = rule.protocol {
+        matches.push(Match::Protocol {
+            protocol,
+            negated: false,
+        });
+    }
+    if let Some(protocol) = rule.not_protocol {
+        matches.push(Match::Protocol {
+            protocol,
+            negated: true,
+        });
+    }
+    if let Some(icmp) = rule.icmp {
+        matches.push(Match::Icmp {
+            icmp,
+            negated: false,
+        });
+    }
+    if let Some(icmp) = rule.not_icmp {
+        matches.push(Match::Icmp {
+            icmp,
+            negated: true,
+        });
+    }
+    for (entity, side) in [
+        (&rule.source, Side::Source),
+        (&rule.destination, Side::Destination),
+    ] {
+        let entity_sets = sets.entity_sets(set, entity, policy_namespace);
+        entity_matches(entity, side, &entity_sets, &mut matches);
+    }
+    CompiledRule {
+        action: rule.action,
+        matches,
+    }
+}
+
+fn entity_matches(entity: &EntityRule, side: Side, sets: &EntitySets, out: &mut Vec<Match>) {
+    if !entity.nets.is_empty() {
+        out.push(Match::Nets {
+            side,
+            nets: entity.nets.clone(),
+            negated: false,
+        });
+    }
+    if !entity.not_nets.is_empty() {
+        out.push(Match::Nets {
+            side,
+            nets: entity.not_nets.clone(),
+            negated: true,
+        });
+    }
+    if let Some(set) = sets.selected {
+        out.push(Match::Set {
+            side,
+            set,
+            negated: false,
+        });
+    }
+    if let Some(set) = sets.excluded {
+        out.push(Match::Set {
+            side,
+            set,
+            negated: true,
+        });
+    }
+    for (ports, negated) in [(&entity.ports, false), (&entity.not_ports, true)] {
+        if ports.is_empty() {
+            continue;
+        }
+        let mut ranges = Vec::new();
+        let mut named = Vec::new();
+        for port in ports {
+            match port {
+                Port::Number(p) => ranges.push((*p, *p)),
+                Port::Range(start, end) => ranges.push((*start, *end)),
+                Port::Named(name) => named.extend(sets.named.get(name).copied()),
+            }
+        }
+        out.push(Match::Ports {
+            side,
+            ranges,
+            named,
+            negated,
+        });
+    }
+}
+
+/// The set ids `rules` refer to, in order (with repeats).
+pub fn set_references(rules: &[CompiledRule]) -> impl Iterator<Item = IpSetId> + '_ {
+    rules
+        .iter()
+        .flat_map(|r| &r.matches)
+        .flat_map(|m| match m {
+            Match::Set { set, .. } => std::slice::from_ref(set),
+            Match::Ports { named, .. } => named.as_slice(),
+            _ => &[],
+        })
+        .copied()
+}
+
 impl Program {
+    /// The same program with its sets numbered canonically: sets with equal contents merged,
+    /// numbered in the order the policy chains, then the profile chains (each by key, ingress
+    /// then egress) first refer to them; sets nothing refers to dropped. Two programs that
+    /// enforce the same policy with differently numbered sets have equal canonical forms
+    /// ([`PolicySet::compile`] numbers by contents, [`crate::incremental`] by definition).
+    pub fn canonical(&self) -> Program {
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Contents<'a> {
+            Nets(&'a [IpNet]),
+            NamedPorts(&'a [NamedPortMember]),
+        }
+        let mut program = self.clone();
+        let mut by_contents: BTreeMap<Contents<'_>, IpSetId> = BTreeMap::new();
+        let mut renumbered: BTreeMap<IpSetId, IpSetId> = BTreeMap::new();
+        let mut ip_sets = BTreeMap::new();
+        let mut named_port_sets = BTreeMap::new();
+        let chains = program
+            .policies
+            .values_mut()
+            .flat_map(|p| [&mut p.ingress, &mut p.egress])
+            .chain(
+                program
+                    .profiles
+                    .values_mut()
+                    .flat_map(|p| [&mut p.ingress, &mut p.egress]),
+            );
+        for rules in chains {
+            for m in rules.iter_mut().flat_map(|r| &mut r.matches) {
+                let ids: Vec<&mut IpSetId> = match m {
+                    Match::Set { set, .. } => vec![set],
+                    Match::Ports { named, .. } => named.iter_mut().collect(),
+                    _ => Vec::new(),
+                };
+                for id in ids {
+                    let old = *id;
+                    if let Some(new) = renumbered.get(&old) {
+                        *id = *new;
+                        continue;
+                    }
+                    let contents = match (self.ip_sets.get(&old), self.named_port_sets.get(&old)) {
+                        (Some(nets), _) => Contents::Nets(nets),
+                        (None, Some(members)) => Contents::NamedPorts(members),
+                        (None, None) => Contents::Nets(&[]),
+                    };
+                    let next = IpSetId(u32::try_from(by_contents.len()).unwrap_or(u32::MAX));
+                    let new = match by_contents.get(&contents) {
+                        Some(new) => *new,
+                        None => {
+                            match &contents {
+                                Contents::Nets(nets) => ip_sets.insert(next, nets.to_vec()),
+                                Contents::NamedPorts(members) => {
+                                    named_port_sets.insert(next, members.to_vec());
+                                    None
+                                }
+                            };
+                            by_contents.insert(contents, next);
+                            next
+                        }
+                    };
+                    renumbered.insert(old, new);
+                    *id = new;
+                }
+            }
+        }
+        program.ip_sets = ip_sets;
+        program.named_port_sets = named_port_sets;
+        program
+    }
+
     /// Interprets the program for `packet` leaving endpoint `from` and entering `to` (keys of
     /// [`Program::endpoints`]; `None`, or a key not in the program: outside this program).
     pub fn verdict(&self, packet: &Packet, from: Option<&str>, to: Option<&str>) -> Trace {
