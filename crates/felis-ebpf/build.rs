@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The C sources under `bpf/`, by stem.
-const PROGRAMS: &[&str] = &["ipip"];
+const PROGRAMS: &[&str] = &["ipip", "fastpath"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());

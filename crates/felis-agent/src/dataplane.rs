@@ -28,6 +28,7 @@ use crate::calc::HostState;
 use crate::calc::NatSets;
 use crate::calc::RouteTarget;
 use crate::calc::Vtep;
+use crate::fastpath::FastPathPlane;
 use crate::ipip::IpipPlane;
 use crate::ipip::IpipRouting;
 use crate::nat;
@@ -82,6 +83,7 @@ pub struct Dataplane {
     host_mtu: u32,
     nat_programmed: Option<NatSets>,
     ipip: IpipPlane,
+    fast_path: FastPathPlane,
 }
 
 impl Dataplane {
@@ -93,7 +95,13 @@ impl Dataplane {
             host_mtu,
             nat_programmed: None,
             ipip: IpipPlane::new(),
+            fast_path: FastPathPlane::default(),
         }
+    }
+
+    /// The routed fast path on the uplink and the local workload veths.
+    pub fn fast_path_mut(&mut self) -> &mut FastPathPlane {
+        &mut self.fast_path
     }
 
     /// The IPIP plane (kernel `tunl0` or eBPF on tc): its status, and this node's tunnel address.
@@ -115,8 +123,10 @@ impl Dataplane {
             .ipip
             .reconcile(&self.handle, desired, self.node_address, self.host_mtu)
             .await;
-        self.reconcile_routes(desired, vxlan, ipip.as_ref(), &mut stats)
+        let links = self
+            .reconcile_routes(desired, vxlan, ipip.as_ref(), &mut stats)
             .await?;
+        self.reconcile_fast_path(desired, &links).await?;
         if self.nat_programmed.as_ref() != Some(&desired.nat) {
             let script = nat::render(&desired.nat);
             tokio::task::spawn_blocking(move || nat::apply(&script))
@@ -288,13 +298,43 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the fast path to the uplink and to the veths of the local workloads in
+    /// `desired` that exist (`links`: name → index).
+    async fn reconcile_fast_path(
+        &mut self,
+        desired: &HostState,
+        links: &BTreeMap<String, Ifindex>,
+    ) -> Result<(), Error> {
+        let uplink = match self.parent_ifindex().await? {
+            Some(index) => links
+                .iter()
+                .find(|(_, i)| **i == index)
+                .map(|(name, i)| (name.clone(), i.0)),
+            None => None,
+        };
+        let workloads: BTreeMap<String, u32> = desired
+            .routes
+            .values()
+            .filter_map(|target| match target {
+                RouteTarget::Workload { interface } => links
+                    .get(interface)
+                    .map(|index| (interface.clone(), index.0)),
+                _ => None,
+            })
+            .collect();
+        self.fast_path
+            .reconcile(uplink.as_ref().map(|(n, i)| (n.as_str(), *i)), &workloads);
+        Ok(())
+    }
+
+    /// Programs the routes; returns the links seen (name → index).
     async fn reconcile_routes(
         &self,
         desired: &HostState,
         vxlan: Option<Ifindex>,
         ipip: Option<&IpipRouting>,
         stats: &mut PassStats,
-    ) -> Result<(), Error> {
+    ) -> Result<BTreeMap<String, Ifindex>, Error> {
         let ours = self
             .handle
             .routes(RouteFilter {
@@ -314,8 +354,8 @@ impl Dataplane {
             .await
             .map_err(nl("listing workload routes"))?;
         let links = self.handle.links().await.map_err(nl("listing links"))?;
-        let by_name: BTreeMap<&str, Ifindex> =
-            links.iter().map(|l| (l.name.as_str(), l.index)).collect();
+        let by_name: BTreeMap<String, Ifindex> =
+            links.iter().map(|l| (l.name.clone(), l.index)).collect();
         let mut wanted: BTreeSet<IpNet> = BTreeSet::new();
         let mut ipip_set: Vec<Route> = Vec::new();
         for (dst, target) in &desired.routes {
@@ -402,7 +442,7 @@ impl Dataplane {
                 }
             }
         }
-        Ok(())
+        Ok(by_name)
     }
 
     /// The next hop toward a remote node's address: itself when it is on a connected subnet,

@@ -13,6 +13,7 @@ pub mod autodetect;
 pub mod bgp;
 pub mod calc;
 pub mod dataplane;
+pub mod fastpath;
 pub mod ipip;
 pub mod nat;
 pub mod policy;

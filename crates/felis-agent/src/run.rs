@@ -387,6 +387,8 @@ pub async fn run(
                 }
                 Ok(Some(applied)) => {
                     policy_failed = false;
+                    // Flows the fast path carries meet the new policy at their next packet.
+                    dataplane.fast_path_mut().policy_changed();
                     for (key, reason) in &applied.skipped {
                         warn!(%key, %reason, "policy resource refused; enforcing the rest without it");
                     }

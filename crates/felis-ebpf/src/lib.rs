@@ -18,9 +18,22 @@
 //! compiled by `build.rs` with clang; a build without clang yields a crate whose programs
 //! report [`Error::Unavailable`].
 //!
+//! And a routed fast path: [`FastPath`] (tc classifiers on workload veths and the uplink)
+//! forwards established TCP flows between workloads without the host's IP forwarding path,
+//! once a packet of each direction has been accepted by the stack and its nftables policy.
+//!
 //! Everything acts on the calling thread's network namespace.
 
+mod fastpath;
 mod tc;
+
+pub use fastpath::Device;
+pub use fastpath::FAST_PRIORITY;
+pub use fastpath::FORWARD_PROGRAM;
+pub use fastpath::FastPath;
+pub use fastpath::FastPathStats;
+pub use fastpath::RECORD_PROGRAM;
+pub use fastpath::detach_fast_path;
 
 pub use tc::EGRESS_PROGRAM;
 pub use tc::Error;

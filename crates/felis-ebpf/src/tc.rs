@@ -62,11 +62,17 @@ pub enum Error {
         "this build has no eBPF programs (clang and libbpf-dev were missing when it was built)"
     )]
     Unavailable,
-    /// The kernel refused the object (no BPF support, no permission, verifier rejection).
-    #[error("loading the IPIP eBPF object into the kernel")]
-    Load(#[source] Box<aya::EbpfError>),
-    /// The object lacks a program or map this code expects (a build mismatch).
-    #[error("the IPIP eBPF object has no {0}")]
+    /// The kernel refused an object (no BPF support, no permission, verifier rejection).
+    #[error("loading the {object} eBPF object into the kernel")]
+    Load {
+        /// Which object (`IPIP`, `fast path`).
+        object: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// An object lacks a program or map this code expects (a build mismatch).
+    #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     /// The kernel refused a program (verifier) or its attachment.
     #[error("{action} classifier {program} on {ifname}")]
@@ -158,7 +164,10 @@ impl IpipTc {
         if !is_built() {
             return Err(Error::Unavailable);
         }
-        let ebpf = Ebpf::load(object()).map_err(|e| Error::Load(Box::new(e)))?;
+        let ebpf = Ebpf::load(object()).map_err(|e| Error::Load {
+            object: "IPIP",
+            source: Box::new(e),
+        })?;
         let mut tc = IpipTc {
             ebpf,
             ifname: ifname.to_string(),
@@ -211,9 +220,7 @@ impl IpipTc {
             .map_err(program_err(name, "loading", &ifname))
     }
 
-    /// Attaches a loaded program at our priority and handle. When a filter is there already,
-    /// `replace` swaps its program for ours in place, else it is left as it is. Returns whether
-    /// a new filter was created.
+    /// Attaches a loaded program at our priority and handle (see [`attach_classifier`]).
     fn attach_program(
         &mut self,
         name: &'static str,
@@ -221,68 +228,22 @@ impl IpipTc {
         replace: bool,
     ) -> Result<bool, Error> {
         let ifname = self.ifname.clone();
-        let err = |action: &'static str| program_err(name, action, &ifname);
         let program = self.program(name)?;
-        let options = TcAttachOptions::Netlink(NlOptions {
-            priority: TC_PRIORITY,
-            handle: TC_HANDLE,
-            classid: None,
-        });
-        let (id, created) = match program.attach_with_options(&ifname, kind, options) {
-            Ok(id) => (id, true),
-            Err(ProgramError::TcError(TcError::NetlinkError(e)))
-                if e.raw_os_error() == Some(EEXIST) && !replace =>
-            {
-                return Ok(false);
-            }
-            Err(ProgramError::TcError(TcError::NetlinkError(e)))
-                if e.raw_os_error() == Some(EEXIST) =>
-            {
-                // A previous run's filter: replace its program in place.
-                debug!(%ifname, program = name, "replacing an attached classifier");
-                let link =
-                    SchedClassifierLink::attached(&ifname, kind, TC_PRIORITY, TC_HANDLE, None)
-                        .map_err(|e| {
-                            err("attaching")(ProgramError::TcError(TcError::IoError(e)))
-                        })?;
-                (
-                    program.attach_to_link(link).map_err(err("replacing"))?,
-                    false,
-                )
-            }
-            Err(e) => return Err(err("attaching")(e)),
-        };
-        let link = program.take_link(id).map_err(err("attaching"))?;
-        // The filter must outlive this process (the agent may restart): a netlink tc link is
-        // only (ifindex, priority, handle), so forgetting it leaks nothing but keeps its Drop
-        // from detaching the filter.
-        std::mem::forget(link);
-        Ok(created)
+        attach_classifier(program, name, &ifname, kind, TC_PRIORITY, replace)
     }
 
     /// Removes the classifiers Felis attached to `ifname` in the current namespace (by name,
     /// whatever their priority), e.g. when no pool uses IPIP any more. Returns whether
     /// anything was removed. The `clsact` qdisc stays.
     pub fn detach(ifname: &str) -> Result<bool, Error> {
-        let mut removed = false;
-        for (name, kind) in [
-            (EGRESS_PROGRAM, TcAttachType::Egress),
-            (INGRESS_PROGRAM, TcAttachType::Ingress),
-        ] {
-            match aya::programs::tc::qdisc_detach_program(ifname, kind, name) {
-                Ok(()) => removed = true,
-                Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                // No clsact qdisc at all: nothing of ours either.
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(22) => {}
-                Err(source) => {
-                    return Err(Error::Tc {
-                        action: "detaching the IPIP classifiers",
-                        ifname: ifname.to_string(),
-                        source: Box::new(source),
-                    });
-                }
-            }
-        }
+        let removed = detach_classifiers(
+            ifname,
+            &[
+                (EGRESS_PROGRAM, TcAttachType::Egress),
+                (INGRESS_PROGRAM, TcAttachType::Ingress),
+            ],
+            "detaching the IPIP classifiers",
+        )?;
         if removed {
             info!(ifname, "IPIP classifiers detached");
         }
@@ -402,7 +363,7 @@ impl IpipTc {
 }
 
 /// An address as the packet carries it: the map's bytes are the octets in order.
-fn wire(address: Ipv4Addr) -> u32 {
+pub(crate) fn wire(address: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(address.octets())
 }
 
@@ -410,8 +371,80 @@ fn lpm_key(prefix: Ipv4Net) -> Key<u32> {
     Key::new(u32::from(prefix.prefix_len()), wire(prefix.network()))
 }
 
+/// Attaches a loaded classifier to `ifname` at `priority` (handle 1). When a filter is there
+/// already, `replace` swaps its program for ours in place (traffic never sees a gap), else it is
+/// left as it is. Returns whether a new filter was created. The filter outlives this process.
+pub(crate) fn attach_classifier(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    ifname: &str,
+    kind: TcAttachType,
+    priority: u16,
+    replace: bool,
+) -> Result<bool, Error> {
+    let err = |action: &'static str| program_err(name, action, ifname);
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority,
+        handle: TC_HANDLE,
+        classid: None,
+    });
+    let (id, created) = match program.attach_with_options(ifname, kind, options) {
+        Ok(id) => (id, true),
+        Err(ProgramError::TcError(TcError::NetlinkError(e)))
+            if e.raw_os_error() == Some(EEXIST) && !replace =>
+        {
+            return Ok(false);
+        }
+        Err(ProgramError::TcError(TcError::NetlinkError(e)))
+            if e.raw_os_error() == Some(EEXIST) =>
+        {
+            // A previous run's filter: replace its program in place.
+            debug!(%ifname, program = name, "replacing an attached classifier");
+            let link = SchedClassifierLink::attached(ifname, kind, priority, TC_HANDLE, None)
+                .map_err(|e| err("attaching")(ProgramError::TcError(TcError::IoError(e))))?;
+            (
+                program.attach_to_link(link).map_err(err("replacing"))?,
+                false,
+            )
+        }
+        Err(e) => return Err(err("attaching")(e)),
+    };
+    let link = program.take_link(id).map_err(err("attaching"))?;
+    // The filter must outlive this process (the agent may restart): a netlink tc link is
+    // only (ifindex, priority, handle), so forgetting it leaks nothing but keeps its Drop
+    // from detaching the filter.
+    std::mem::forget(link);
+    Ok(created)
+}
+
+/// Removes the named classifiers from `ifname` (whatever their priority); whether any was
+/// there. A missing interface or `clsact` qdisc means there is nothing to remove.
+pub(crate) fn detach_classifiers(
+    ifname: &str,
+    programs: &[(&'static str, TcAttachType)],
+    action: &'static str,
+) -> Result<bool, Error> {
+    let mut removed = false;
+    for (name, kind) in programs {
+        match aya::programs::tc::qdisc_detach_program(ifname, *kind, name) {
+            Ok(()) => removed = true,
+            Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // No clsact qdisc at all: nothing of ours either.
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(22) => {}
+            Err(source) => {
+                return Err(Error::Tc {
+                    action,
+                    ifname: ifname.to_string(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Adds a `clsact` qdisc to `ifname` unless it has one.
-fn add_clsact(ifname: &str) -> Result<(), Error> {
+pub(crate) fn add_clsact(ifname: &str) -> Result<(), Error> {
     match aya::programs::tc::qdisc_add_clsact(ifname) {
         Ok(()) => Ok(()),
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(EEXIST) => Ok(()),
@@ -423,7 +456,7 @@ fn add_clsact(ifname: &str) -> Result<(), Error> {
     }
 }
 
-fn program_err(
+pub(crate) fn program_err(
     program: &'static str,
     action: &'static str,
     ifname: &str,
@@ -437,7 +470,7 @@ fn program_err(
     }
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
     move |source| Error::Map {
         map,
         source: Box::new(source),
