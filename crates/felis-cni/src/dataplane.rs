@@ -185,6 +185,11 @@ async fn configure_workload(
     // Host side: sysctls before the link comes up, so IPv6 starts without DAD.
     host.write_sysctls(&host_sysctls(spec))
         .map_err(Error::netlink(format!("set sysctls of {host_name}")))?;
+    // tc's hooks for the agent's fast path, while the link is still down: adding them to a
+    // running link makes the kernel reset it, and the pod's first packets (its ARP) with it.
+    if let Err(e) = host.add_clsact(host_index).await {
+        tracing::warn!(ifname = host_name, error = %e, "no clsact qdisc: the agent will add it");
+    }
     host.set_link_up(host_index)
         .await
         .map_err(Error::netlink(format!("set {host_name} up")))?;

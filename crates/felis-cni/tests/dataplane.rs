@@ -108,6 +108,9 @@ fn setup_builds_calicos_veth_routes_and_sysctls() {
         routes.contains("10.244.1.5 dev calic440f455693 scope link"),
         "{routes}"
     );
+    // tc's hooks for the agent's fast path, added before the link came up.
+    let qdiscs = host.exec("tc", &["qdisc", "show", "dev", "calic440f455693"]);
+    assert!(qdiscs.contains("qdisc clsact ffff:"), "{qdiscs}");
     for (key, want) in [
         ("net/ipv4/conf/calic440f455693/proxy_arp", "1"),
         ("net/ipv4/neigh/calic440f455693/proxy_delay", "0"),

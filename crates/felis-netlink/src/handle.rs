@@ -296,6 +296,52 @@ impl Handle {
             .map_err(|e| request_err("add", format!("{kind} link {name}"), e))
     }
 
+    /// Adds a `clsact` qdisc (tc's ingress and egress hooks for classifiers) to a link; `Ok`
+    /// when it has one already. On a link that is down this costs traffic nothing; on a running
+    /// link the kernel briefly deactivates it, so callers that create links add it first.
+    pub async fn add_clsact(&self, index: Ifindex) -> Result<()> {
+        use futures_util::StreamExt as _;
+        use netlink_packet_core::NLM_F_ACK;
+        use netlink_packet_core::NLM_F_CREATE;
+        use netlink_packet_core::NLM_F_EXCL;
+        use netlink_packet_core::NLM_F_REQUEST;
+        use netlink_packet_core::NetlinkMessage;
+        use netlink_packet_core::NetlinkPayload;
+        use netlink_packet_route::RouteNetlinkMessage;
+        use netlink_packet_route::tc::TcAttribute;
+        use netlink_packet_route::tc::TcHandle;
+        use netlink_packet_route::tc::TcMessage;
+
+        let object = || format!("clsact qdisc on link {index}");
+        let mut message = TcMessage::with_index(index.0 as i32);
+        // TC_H_CLSACT, and the handle tc gives it (ffff:).
+        message.header.parent = TcHandle::from(0xFFFF_FFF1);
+        message.header.handle = TcHandle::from(0xFFFF_0000);
+        message
+            .attributes
+            .push(TcAttribute::Kind("clsact".to_string()));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        let mut handle = self.inner.clone();
+        let mut answers = handle
+            .request(request)
+            .map_err(|e| request_err("add", object(), e))?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(e) = answer.payload {
+                if e.code.is_none() {
+                    // The acknowledgement.
+                    return Ok(());
+                }
+                let error = request_err("add", object(), rtnetlink::Error::NetlinkError(e));
+                if error.is_exists() {
+                    return Ok(());
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
     /// Sets a link administratively up.
     pub async fn set_link_up(&self, index: Ifindex) -> Result<()> {
         self.set_link(index, "set up", LinkUnspec::new_with_index(index.0).up())
