@@ -99,6 +99,23 @@ impl Dataplane {
         }
     }
 
+    /// This host's addresses and the interfaces that hold them (for host endpoints that name
+    /// only `expectedIPs`).
+    pub async fn host_addresses(&self) -> Result<BTreeMap<IpAddr, String>, Error> {
+        let links = self.handle.links().await.map_err(nl("listing links"))?;
+        let names: BTreeMap<Ifindex, &str> =
+            links.iter().map(|l| (l.index, l.name.as_str())).collect();
+        let addresses = self
+            .handle
+            .addresses(None)
+            .await
+            .map_err(nl("listing addresses"))?;
+        Ok(addresses
+            .iter()
+            .filter_map(|a| Some((a.net.addr(), (*names.get(&a.ifindex)?).to_string())))
+            .collect())
+    }
+
     /// The routed fast path on the uplink and the local workload veths.
     pub fn fast_path_mut(&mut self) -> &mut FastPathPlane {
         &mut self.fast_path

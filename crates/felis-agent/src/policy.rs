@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use felis_api::Kind;
@@ -82,6 +83,9 @@ pub struct PolicyState {
     synced: bool,
     /// The program, compiled change by change.
     incremental: Incremental,
+    /// This host's addresses and the interfaces holding them: a local host endpoint naming no
+    /// interface applies to the interface that holds one of its `expectedIPs` (as in Calico).
+    host_addresses: BTreeMap<IpAddr, String>,
 }
 
 /// Where a datastore key went in the incremental compiler.
@@ -128,7 +132,60 @@ impl PolicyState {
             node,
             resources: BTreeMap::new(),
             synced: false,
+            host_addresses: BTreeMap::new(),
         }
+    }
+
+    /// Whether a local host endpoint names no interface but `expectedIPs`, so its interface
+    /// comes from [`PolicyState::set_host_addresses`].
+    pub fn wants_host_addresses(&self) -> bool {
+        self.local_host_endpoints()
+            .any(|h| h.spec.interface_name.is_empty() && !h.spec.expected_ips.is_empty())
+    }
+
+    fn local_host_endpoints(&self) -> impl Iterator<Item = &felis_api::HostEndpoint> {
+        let prefix = Kind::HostEndpoint.key_prefix();
+        self.resources
+            .range(prefix.clone()..)
+            .take_while(move |(key, _)| key.starts_with(&prefix))
+            .filter_map(|(_, (_, resource))| match resource {
+                Resource::HostEndpoint(h) if h.spec.node == self.node => Some(h),
+                _ => None,
+            })
+    }
+
+    /// Records this host's addresses (address → interface). Returns whether that changes an
+    /// interface a host endpoint applies to (the program is then rebuilt).
+    pub fn set_host_addresses(&mut self, addresses: BTreeMap<IpAddr, String>) -> bool {
+        if addresses == self.host_addresses {
+            return false;
+        }
+        let before: Vec<Option<String>> = self
+            .resolved_host_interfaces()
+            .map(|i| i.cloned())
+            .collect();
+        self.host_addresses = addresses;
+        let changed = self
+            .resolved_host_interfaces()
+            .zip(&before)
+            .any(|(now, was)| now != was.as_ref());
+        if changed {
+            self.incremental.stale = true;
+        }
+        changed
+    }
+
+    /// For each local host endpoint naming no interface, the interface holding the first of
+    /// its `expectedIPs` that this host has.
+    fn resolved_host_interfaces(&self) -> impl Iterator<Item = Option<&String>> {
+        self.local_host_endpoints()
+            .filter(|h| h.spec.interface_name.is_empty())
+            .map(|h| {
+                h.spec
+                    .expected_ips
+                    .iter()
+                    .find_map(|ip| self.host_addresses.get(ip))
+            })
     }
 
     /// Whether a snapshot has been applied.
@@ -329,6 +386,17 @@ impl PolicyState {
                     interfaces.insert(key.clone(), wep.spec.interface_name.clone());
                 }
                 local.insert(key);
+            }
+        }
+        for hep in self.local_host_endpoints() {
+            if hep.spec.interface_name.is_empty()
+                && let Some(ifname) = hep
+                    .spec
+                    .expected_ips
+                    .iter()
+                    .find_map(|ip| self.host_addresses.get(ip))
+            {
+                interfaces.insert(hep.metadata.name.clone(), ifname.clone());
             }
         }
         Ok(Input {
@@ -650,6 +718,37 @@ mod tests {
 
     fn icmp(from: &str, to: &str) -> Packet {
         Packet::icmp(from.parse().unwrap(), to.parse().unwrap(), 8, 0)
+    }
+
+    #[test]
+    fn a_host_endpoint_with_only_expected_ips_applies_to_the_interface_holding_one() {
+        let hep = (
+            key_for(Kind::HostEndpoint, None, "a-eth0"),
+            br#"{"apiVersion":"projectcalico.org/v3","kind":"HostEndpoint",
+                "metadata":{"name":"a-eth0","labels":{"role":"node"}},
+                "spec":{"node":"a","expectedIPs":["192.0.2.10"]}}"#
+                .to_vec(),
+        );
+        let mut items = cluster();
+        items.push(hep);
+        let mut s = state(&items);
+        assert!(s.wants_host_addresses());
+        s.compile().unwrap();
+        assert!(!s.interfaces().contains_key("a-eth0"));
+        // Addresses that are not its own change nothing.
+        let other: BTreeMap<IpAddr, String> =
+            [("192.0.2.99".parse().unwrap(), "eth1".to_string())].into();
+        assert!(!s.set_host_addresses(other.clone()));
+        let mut mine = other;
+        mine.insert("192.0.2.10".parse().unwrap(), "eth0".to_string());
+        assert!(s.set_host_addresses(mine.clone()));
+        s.compile().unwrap();
+        assert_eq!(
+            s.interfaces().get("a-eth0").map(String::as_str),
+            Some("eth0")
+        );
+        assert_eq!(s.desired().unwrap().interfaces, s.interfaces().clone());
+        assert!(!s.set_host_addresses(mine));
     }
 
     #[test]

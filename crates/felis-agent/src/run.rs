@@ -372,6 +372,19 @@ pub async fn run(
                 Err(e) => warn!(error = %ErrorChain(&e), "IPIP tunnel address not allocated yet"),
             }
         }
+        // A host endpoint naming only `expectedIPs` applies to the interface holding one.
+        if let Some(plane) = &mut policy
+            && plane.state.wants_host_addresses()
+        {
+            match dataplane.host_addresses().await {
+                Ok(addresses) => {
+                    if plane.state.set_host_addresses(addresses) {
+                        plane.mark_dirty();
+                    }
+                }
+                Err(e) => warn!(error = %ErrorChain(&e), "reading this host's addresses failed"),
+            }
+        }
         // Policy: compiled and sent to nftables off the async threads (it runs `nft`).
         if let Some(mut plane) = policy.take() {
             let (plane, result) = blocking(move || {
