@@ -134,18 +134,25 @@ static __always_inline struct iphdr *tcp_ipv4(struct __sk_buff *skb, struct tcph
 	return ip;
 }
 
-static __always_inline int forward(struct __sk_buff *skb)
+// The direction a packet belongs to.
+static __always_inline struct flow_key key_of(const struct iphdr *ip, const struct tcphdr *tcp)
 {
-	struct tcphdr *tcp;
-	struct iphdr *ip = tcp_ipv4(skb, &tcp);
-	if (!ip || tcp->syn || tcp->fin || tcp->rst || ip->ttl <= 1)
-		return TC_ACT_UNSPEC;
 	struct flow_key key = {
 		.saddr = ip->saddr,
 		.daddr = ip->daddr,
 		.sport = tcp->source,
 		.dport = tcp->dest,
 	};
+	return key;
+}
+
+static __always_inline int forward(struct __sk_buff *skb)
+{
+	struct tcphdr *tcp;
+	struct iphdr *ip = tcp_ipv4(skb, &tcp);
+	if (!ip || tcp->syn || tcp->fin || tcp->rst || ip->ttl <= 1)
+		return TC_ACT_UNSPEC;
+	struct flow_key key = key_of(ip, tcp);
 	struct flow *flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow || flow->gen != generation())
 		return TC_ACT_UNSPEC;
@@ -205,12 +212,7 @@ int felis_fast_record(struct __sk_buff *skb)
 	struct iphdr *ip = tcp_ipv4(skb, &tcp);
 	if (!ip || tcp->fin || tcp->rst)
 		return TC_ACT_UNSPEC;
-	struct flow_key key = {
-		.saddr = ip->saddr,
-		.daddr = ip->daddr,
-		.sport = tcp->source,
-		.dport = tcp->dest,
-	};
+	struct flow_key key = key_of(ip, tcp);
 	__u32 gen = generation();
 	struct flow *flow = bpf_map_lookup_elem(&flows, &key);
 	if (flow && flow->gen == gen)
