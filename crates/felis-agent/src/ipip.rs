@@ -1361,24 +1361,8 @@ mod tests {
         fn host() -> (TestNetns, TestNetns) {
             let host = TestNetns::new().unwrap();
             let router = TestNetns::new().unwrap();
-            host.ip(&[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "r0",
-                "netns",
-                router.name(),
-            ]);
-            host.ip(&["addr", "add", "10.0.1.10/24", "dev", "eth0"]);
-            host.ip(&["link", "set", "eth0", "up"]);
-            host.ip(&["link", "set", "lo", "up"]);
+            host.link_to("eth0", "10.0.1.10/24", &router, "r0", "10.0.1.1/24");
             host.ip(&["route", "add", "default", "via", "10.0.1.1"]);
-            router.ip(&["addr", "add", "10.0.1.1/24", "dev", "r0"]);
-            router.ip(&["link", "set", "r0", "up"]);
             (host, router)
         }
 

@@ -89,33 +89,11 @@ fn lab() -> Lab {
         host2: TestNetns::new().unwrap(),
         pod_b: TestNetns::new().unwrap(),
     };
-    lab.host1.ip(&[
-        "link",
-        "add",
-        "u1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "u2",
-        "netns",
-        lab.host2.name(),
-    ]);
-    for (host, uplink, address, remote_pods, remote) in [
-        (
-            &lab.host1,
-            "u1",
-            "192.168.78.1/24",
-            "10.98.2.0/24",
-            "192.168.78.2",
-        ),
-        (
-            &lab.host2,
-            "u2",
-            "192.168.78.2/24",
-            "10.98.1.0/24",
-            "192.168.78.1",
-        ),
+    lab.host1
+        .link_to("u1", "192.168.78.1/24", &lab.host2, "u2", "192.168.78.2/24");
+    for (host, remote_pods, remote) in [
+        (&lab.host1, "10.98.2.0/24", "192.168.78.2"),
+        (&lab.host2, "10.98.1.0/24", "192.168.78.1"),
     ] {
         host.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         // What the agent sets with the fast path: conntrack does not see the packets it
@@ -128,8 +106,6 @@ fn lab() -> Lab {
                 "net.netfilter.nf_conntrack_tcp_ignore_invalid_rst=1",
             ],
         );
-        host.ip(&["addr", "add", address, "dev", uplink]);
-        host.ip(&["link", "set", uplink, "up"]);
         host.ip(&["route", "add", remote_pods, "via", remote]);
         // Proxy ARP answers for 169.254.1.1 only with a route to it elsewhere.
         host.ip(&["route", "add", "default", "via", remote]);

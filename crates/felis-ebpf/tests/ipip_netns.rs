@@ -43,25 +43,18 @@ struct Pair {
 fn pair() -> Pair {
     let a = TestNetns::new().unwrap();
     let b = TestNetns::new().unwrap();
-    a.ip(&[
-        "link",
-        "add",
+    a.link_to(
         "a0",
-        "type",
-        "veth",
-        "peer",
-        "name",
+        &format!("{A_HOST}/24"),
+        &b,
         "b0",
-        "netns",
-        b.name(),
-    ]);
-    for (ns, dev, host, pod, remote_pod, remote_host) in [
-        (&a, "a0", A_HOST, A_POD, "10.99.2.0/24", B_HOST),
-        (&b, "b0", B_HOST, B_POD, "10.99.1.0/24", A_HOST),
+        &format!("{B_HOST}/24"),
+    );
+    for (ns, dev, pod, remote_pod, remote_host) in [
+        (&a, "a0", A_POD, "10.99.2.0/24", B_HOST),
+        (&b, "b0", B_POD, "10.99.1.0/24", A_HOST),
     ] {
-        ns.ip(&["addr", "add", &format!("{host}/24"), "dev", dev]);
         ns.ip(&["addr", "add", &format!("{pod}/32"), "dev", "lo"]);
-        ns.ip(&["link", "set", dev, "up"]);
         ns.ip(&[
             "route",
             "add",

@@ -102,6 +102,34 @@ impl TestNetns {
         run_tool("ip", &full)
     }
 
+    /// Joins this namespace to `peer` with a veth: `ifname` here holding `cidr`, `peer_ifname`
+    /// there holding `peer_cidr`, both up. Panics if `ip` fails.
+    pub fn link_to(
+        &self,
+        ifname: &str,
+        cidr: &str,
+        peer: &TestNetns,
+        peer_ifname: &str,
+        peer_cidr: &str,
+    ) {
+        self.ip(&[
+            "link",
+            "add",
+            ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_ifname,
+            "netns",
+            peer.name(),
+        ]);
+        self.ip(&["addr", "add", cidr, "dev", ifname]);
+        self.ip(&["link", "set", ifname, "up"]);
+        peer.ip(&["addr", "add", peer_cidr, "dev", peer_ifname]);
+        peer.ip(&["link", "set", peer_ifname, "up"]);
+    }
+
     /// Runs `ip netns exec <name> PROGRAM ARGS` and returns stdout; panics if it fails.
     pub fn exec(&self, program: &str, args: &[&str]) -> String {
         let mut full = vec!["netns", "exec", self.name.as_str(), program];
