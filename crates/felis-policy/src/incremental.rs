@@ -544,29 +544,17 @@ impl IncrementalCompiler {
 
     fn release(&mut self, refs: &Refs) {
         for key in &refs.policies {
-            let Some(n) = self.policy_refs.get_mut(key) else {
-                continue;
-            };
-            *n = n.saturating_sub(1);
-            if *n > 0 {
-                continue;
-            }
-            self.policy_refs.remove(key);
-            if let Some(old) = self.program.policies.remove(key) {
+            if drop_ref(&mut self.policy_refs, key)
+                && let Some(old) = self.program.policies.remove(key)
+            {
                 self.release_sets(&old.ingress, &old.egress);
                 self.delta.policies.insert(key.clone());
             }
         }
         for name in &refs.profiles {
-            let Some(n) = self.profile_refs.get_mut(name) else {
-                continue;
-            };
-            *n = n.saturating_sub(1);
-            if *n > 0 {
-                continue;
-            }
-            self.profile_refs.remove(name);
-            if let Some(old) = self.program.profiles.remove(name) {
+            if drop_ref(&mut self.profile_refs, name)
+                && let Some(old) = self.program.profiles.remove(name)
+            {
                 self.release_sets(&old.ingress, &old.egress);
                 self.delta.profiles.insert(name.clone());
             }
@@ -1157,4 +1145,17 @@ pub fn policy_key_of(policy: &Policy) -> String {
 /// host endpoint.
 pub fn endpoint_key_of(endpoint: &Endpoint) -> String {
     endpoint_key(endpoint)
+}
+
+/// Takes one reference to `key` away; true when that was the last (the count is removed).
+fn drop_ref(counts: &mut BTreeMap<String, usize>, key: &str) -> bool {
+    let Some(n) = counts.get_mut(key) else {
+        return false;
+    };
+    *n = n.saturating_sub(1);
+    if *n > 0 {
+        return false;
+    }
+    counts.remove(key);
+    true
 }
