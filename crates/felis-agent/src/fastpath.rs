@@ -109,6 +109,7 @@ impl FastPathPlane {
                 if !self.cleaned {
                     self.cleaned = true;
                     self.status = FastPathStatus::Off;
+                    info!("routed fast path off ({FAST_PATH_ENV}=off)");
                     let names = uplink.map(|(n, _)| n).into_iter();
                     for name in names.chain(workloads.keys().map(String::as_str)) {
                         if let Err(e) = felis_ebpf::detach_fast_path(name) {
@@ -182,6 +183,17 @@ impl FastPathPlane {
         }
     }
 
+    /// The fast path's counters in Prometheus text: whether it is active and, when it is, the
+    /// packets it forwarded, the redirects the kernel refused, the flow directions recorded and
+    /// the packets left to the stack to refresh conntrack.
+    pub fn prometheus(&self) -> String {
+        let stats = self.fast.as_ref().and_then(|f| f.stats().ok());
+        render_metrics(
+            matches!(self.status, FastPathStatus::Active { .. }),
+            stats.as_ref(),
+        )
+    }
+
     /// Policy was programmed: forget every recorded flow, so each flow's next packet meets the
     /// new policy in the stack before the fast path takes it again.
     pub fn policy_changed(&mut self) {
@@ -197,6 +209,48 @@ impl FastPathPlane {
             };
         }
     }
+}
+
+/// Prometheus text for the fast path (see [`FastPathPlane::prometheus`]).
+pub fn render_metrics(active: bool, stats: Option<&felis_ebpf::FastPathStats>) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# HELP felis_fastpath_active Whether the routed fast path is attached (1) or not (0).\n\
+         # TYPE felis_fastpath_active gauge\nfelis_fastpath_active {}",
+        u8::from(active)
+    );
+    if let Some(s) = stats {
+        for (name, help, value) in [
+            (
+                "felis_fastpath_forwarded_packets_total",
+                "Packets the fast path sent on without the host's forwarding path.",
+                s.forwarded,
+            ),
+            (
+                "felis_fastpath_redirect_failures_total",
+                "Redirects the kernel refused (the packet was dropped).",
+                s.redirect_failed,
+            ),
+            (
+                "felis_fastpath_recorded_flows_total",
+                "Flow directions recorded after the stack accepted them.",
+                s.recorded,
+            ),
+            (
+                "felis_fastpath_refresh_packets_total",
+                "Packets left to the stack to keep their conntrack entry alive.",
+                s.refreshed,
+            ),
+        ] {
+            let _ = writeln!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+    }
+    text
 }
 
 fn load() -> Result<FastPath, String> {
@@ -218,6 +272,30 @@ mod tests {
         assert_eq!(enabled_by(Some("off")), Ok(false));
         let e = enabled_by(Some("fast")).unwrap_err();
         assert!(e.contains(FAST_PATH_ENV) && e.contains("fast"), "{e}");
+    }
+
+    #[test]
+    fn metrics_say_whether_it_is_active_and_count_packets() {
+        let off = render_metrics(false, None);
+        assert!(off.contains("felis_fastpath_active 0\n"), "{off}");
+        assert!(!off.contains("forwarded"), "{off}");
+        let stats = felis_ebpf::FastPathStats {
+            forwarded: 42,
+            redirect_failed: 0,
+            recorded: 4,
+            refreshed: 1,
+        };
+        let on = render_metrics(true, Some(&stats));
+        for line in [
+            "felis_fastpath_active 1",
+            "# TYPE felis_fastpath_forwarded_packets_total counter",
+            "felis_fastpath_forwarded_packets_total 42",
+            "felis_fastpath_recorded_flows_total 4",
+            "felis_fastpath_refresh_packets_total 1",
+            "felis_fastpath_redirect_failures_total 0",
+        ] {
+            assert!(on.lines().any(|l| l == line), "{line} missing from\n{on}");
+        }
     }
 
     #[test]

@@ -306,16 +306,18 @@ pub async fn run(
                 }
             }
             _ = status_tick.tick() => {
+                let mut text = dataplane.fast_path_mut().prometheus();
                 if let Some(runner) = &bgp_runner {
                     #[allow(clippy::disallowed_methods)] // the shell reads the clock for the report
                     let report = runner.status(std::time::SystemTime::now()).await;
-                    if let Ok(mut text) = metrics.lock() {
-                        *text = report.prometheus();
-                    }
+                    text.push_str(&report.prometheus());
                     let path = config.state_dir.join("status.json");
                     if let Err(e) = crate::bgp::write_status_file(&path, &report) {
                         warn!(error = %ErrorChain(&e), "writing the BGP status failed");
                     }
+                }
+                if let Ok(mut metrics) = metrics.lock() {
+                    *metrics = text;
                 }
                 continue;
             }
