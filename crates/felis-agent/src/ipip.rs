@@ -1664,5 +1664,93 @@ mod tests {
             let egress = h2.exec("tc", &["filter", "show", "dev", "eth0", "egress"]);
             assert!(!egress.contains("felis_ipip"), "{egress}");
         }
+
+        fn filters(ns: &TestNetns, direction: &str) -> String {
+            ns.exec("tc", &["filter", "show", "dev", "eth0", direction])
+        }
+
+        // The default (eBPF, on this kernel) dataplane: routes via the host interface with the
+        // tunnel address as source and room for the outer header, the classifiers attached,
+        // the tunnel address on `lo`; a restart adopts it all; without IPIP pools everything
+        // of it goes away.
+
+        #[test]
+        fn ipip_routes_classifiers_and_tunnel_address_come_and_go_with_ipip_pools() {
+            if skip_unless_root("ipip_routes_classifiers_and_tunnel_address_come_and_go") {
+                return;
+            }
+            let (h1, _router) = host();
+            let on = desired(true);
+            let results = pass(&h1, IpipPlane::new, &[on.clone(), on.clone()]);
+            let (first, status, _) = &results[0];
+            assert_eq!(first.routes_pending, 0, "{first:?}");
+            assert_eq!(first.routes_set, 3, "{first:?}");
+            assert_eq!(
+                status,
+                &IpipStatus::Active {
+                    ifname: "eth0".into()
+                }
+            );
+            assert_eq!(results[1].0.routes_set, 0, "a second pass changes nothing");
+
+            let routes = h1.ip(&["route", "show", "proto", "80"]);
+            assert!(
+                routes
+                    .contains("10.244.5.0/26 via 10.0.1.1 dev eth0 src 10.244.1.0 onlink mtu 1480"),
+                "across subnets: through the gateway toward the node: {routes}"
+            );
+            assert!(
+                routes.contains(
+                    "10.244.6.0/26 via 10.0.1.11 dev eth0 src 10.244.1.0 onlink mtu 1480"
+                ),
+                "on-link node: straight to it: {routes}"
+            );
+            let lo = h1.ip(&["addr", "show", "dev", "lo"]);
+            assert!(lo.contains("inet 10.244.1.0/32"), "{lo}");
+            assert!(filters(&h1, "egress").contains("felis_ipip_egress"));
+            assert!(filters(&h1, "ingress").contains("felis_ipip_ingress"));
+
+            // A restarted agent adopts routes and replaces the classifiers in place.
+            let results = pass(&h1, IpipPlane::new, std::slice::from_ref(&on));
+            assert_eq!(results[0].0.routes_set, 0, "{:?}", results[0].0);
+            assert_eq!(
+                filters(&h1, "egress")
+                    .lines()
+                    .filter(|l| l.contains("felis_ipip"))
+                    .count(),
+                1
+            );
+
+            // The IPIP pool goes: routes, classifiers and the tunnel address go with it, also for a
+            // restarted agent that never attached them itself.
+            let results = pass(&h1, IpipPlane::new, &[desired(false)]);
+            // (Removing the tunnel address takes the routes using it as source with it: the kernel
+            // flushes routes whose preferred source goes away, so fewer are counted as removed.)
+            assert!(results[0].0.routes_removed >= 1, "{:?}", results[0].0);
+            let routes = h1.ip(&["route", "show", "proto", "80"]);
+            assert!(routes.trim().is_empty(), "{routes}");
+            assert_eq!(results[0].1, IpipStatus::Unused);
+            assert!(!filters(&h1, "egress").contains("felis_ipip"));
+            assert!(!filters(&h1, "ingress").contains("felis_ipip"));
+            let lo = h1.ip(&["addr", "show", "dev", "lo"]);
+            assert!(!lo.contains("10.244.1.0"), "{lo}");
+        }
+
+        #[test]
+        fn without_a_host_interface_ipip_routes_wait_with_a_status() {
+            if skip_unless_root("without_a_host_interface_ipip_routes_wait_with_a_status") {
+                return;
+            }
+            let (h1, _router) = host();
+            h1.ip(&["addr", "del", "10.0.1.10/24", "dev", "eth0"]);
+            h1.ip(&["route", "add", "default", "dev", "eth0"]);
+            let results = pass(&h1, IpipPlane::new, &[desired(true)]);
+            let (stats, status, _) = &results[0];
+            assert_eq!(stats.routes_pending, 2, "{stats:?}");
+            assert!(
+                matches!(status, IpipStatus::Unavailable { reason } if reason.contains("10.0.1.10")),
+                "{status:?}"
+            );
+        }
     }
 }
