@@ -322,13 +322,12 @@ impl Dataplane {
         desired: &HostState,
         links: &BTreeMap<String, Ifindex>,
     ) -> Result<(), Error> {
-        let uplink = match self.parent_ifindex().await? {
-            Some(index) => links
-                .iter()
-                .find(|(_, i)| **i == index)
-                .map(|(name, i)| (name.clone(), i.0)),
-            None => None,
-        };
+        if !self.fast_path.needs_interfaces() {
+            return Ok(());
+        }
+        let uplink = crate::ipip::host_interface(&self.handle, self.node_address)
+            .await
+            .map(|(index, name)| (name, index.0));
         let workloads: BTreeMap<String, u32> = desired
             .routes
             .values()

@@ -100,6 +100,18 @@ impl FastPathPlane {
         &self.status
     }
 
+    /// Whether [`FastPathPlane::reconcile`] has anything to do with the host's interfaces: it
+    /// is on and usable, or off with a previous run's classifiers still to remove, or not yet
+    /// decided. Callers skip looking the interfaces up otherwise.
+    pub fn needs_interfaces(&self) -> bool {
+        match (&self.wanted, &self.status) {
+            (_, FastPathStatus::Pending) => true,
+            (Ok(true), FastPathStatus::Active { .. }) => true,
+            (Ok(false), _) => !self.cleaned,
+            _ => false,
+        }
+    }
+
     /// Attaches to `uplink` and `workloads` (name → index), forgets workloads no longer
     /// there. Loads the programs on the first call. Blocking (netlink, bpf syscalls), short.
     pub fn reconcile(&mut self, uplink: Option<(&str, u32)>, workloads: &BTreeMap<String, u32>) {
@@ -266,6 +278,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_off_plane_looks_at_interfaces_once_to_clean_up() {
+        let mut plane = FastPathPlane::new(Ok(false));
+        assert!(plane.needs_interfaces());
+        plane.reconcile(None, &BTreeMap::new());
+        assert_eq!(plane.status(), &FastPathStatus::Off);
+        assert!(!plane.needs_interfaces());
+    }
+
+    #[test]
     fn the_variable_turns_it_off_and_names_itself_when_wrong() {
         assert_eq!(enabled_by(None), Ok(true));
         assert_eq!(enabled_by(Some("auto")), Ok(true));
@@ -301,7 +322,9 @@ mod tests {
     #[test]
     fn a_misconfigured_plane_stays_off_and_says_why() {
         let mut plane = FastPathPlane::new(Err("bad".into()));
+        assert!(plane.needs_interfaces());
         plane.reconcile(None, &BTreeMap::new());
+        assert!(!plane.needs_interfaces());
         assert_eq!(
             plane.status(),
             &FastPathStatus::Unavailable {

@@ -961,7 +961,11 @@ pub fn set_route_mtus(routes: &[Route], routing: &IpipRouting) -> Result<(), std
 }
 
 /// The interface holding the node's address, with its name.
-async fn host_interface(handle: &Handle, node_address: IpAddr) -> Option<(Ifindex, String)> {
+/// The interface holding the node's address (the uplink), with its index.
+pub(crate) async fn host_interface(
+    handle: &Handle,
+    node_address: IpAddr,
+) -> Option<(Ifindex, String)> {
     let addresses = handle.addresses(None).await.ok()?;
     let index = addresses
         .iter()
