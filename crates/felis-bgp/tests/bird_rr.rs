@@ -50,6 +50,18 @@ use ipnet::IpNet;
 const A: &str = "192.0.2.1";
 const R: &str = "192.0.2.2";
 const C: &str = "192.0.2.3";
+
+/// Nodes `a` (A), `r` (R, the reflector) and `c` (C) on one LAN, namespaces tagged `tag`.
+fn client_reflector_client(tag: &str) -> common::Lan {
+    lan(
+        tag,
+        &[
+            ("a", &format!("{A}/24")),
+            ("r", &format!("{R}/24")),
+            ("c", &format!("{C}/24")),
+        ],
+    )
+}
 const AS: u32 = 64512;
 /// The reflector's cluster id, distinct from every router id so the checks can tell them
 /// apart.
@@ -149,14 +161,7 @@ fn felis_client_of_bird_reflector() {
         return;
     }
     let rt = runtime();
-    let lan = lan(
-        "rrc",
-        &[
-            ("a", &format!("{A}/24")),
-            ("r", &format!("{R}/24")),
-            ("c", &format!("{C}/24")),
-        ],
-    );
+    let lan = client_reflector_client("rrc");
     let [a, r, c] = &lan.nodes[..] else {
         panic!("three nodes")
     };
@@ -235,14 +240,7 @@ fn bird_clients_of_felis_reflector() {
         return;
     }
     let rt = runtime();
-    let lan = lan(
-        "rrs",
-        &[
-            ("a", &format!("{A}/24")),
-            ("r", &format!("{R}/24")),
-            ("c", &format!("{C}/24")),
-        ],
-    );
+    let lan = client_reflector_client("rrs");
     let [a, r, c] = &lan.nodes[..] else {
         panic!("three nodes")
     };
@@ -329,14 +327,7 @@ fn felis_and_bird_clients_of_felis_reflector() {
         return;
     }
     let rt = runtime();
-    let lan = lan(
-        "rrm",
-        &[
-            ("a", &format!("{A}/24")),
-            ("r", &format!("{R}/24")),
-            ("c", &format!("{C}/24")),
-        ],
-    );
+    let lan = client_reflector_client("rrm");
     let [a, r, c] = &lan.nodes[..] else {
         panic!("three nodes")
     };
