@@ -14,8 +14,9 @@
 //! FelixConfiguration, a snapshot) rebuilds the compiler from every resource.
 //!
 //! Nothing is programmed before the first snapshot: an agent that has not seen the datastore yet
-//! would otherwise install an empty program, and `felis-nft` drops every `cali*` interface that
-//! has no verdict-map entry, cutting off running workloads until the snapshot arrives.
+//! would otherwise install an empty program, and `felis-nft` drops every `cali*` interface whose
+//! device group has no dispatch-map entry, cutting off running workloads until the snapshot
+//! arrives.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -619,6 +620,12 @@ impl PolicyPlane {
         }
     }
 
+    /// Whether a workload interface of the program did not exist when its device group was
+    /// set (the next [`apply`](PolicyPlane::apply) tries again).
+    pub fn has_missing_links(&self) -> bool {
+        self.dataplane.has_missing_links()
+    }
+
     /// Whether policy has been programmed from a datastore snapshot at least once.
     pub fn ready(&self) -> bool {
         self.applied_once
@@ -627,7 +634,18 @@ impl PolicyPlane {
     /// Compiles and applies when something changed (or a resync is due); `Ok(None)` when there
     /// was nothing to do. Blocking: it talks to the kernel (netlink) or runs `nft`.
     pub fn apply(&mut self) -> Result<Option<Applied>, PolicyError> {
-        if !self.state.synced() || !(self.dirty || self.resync) {
+        if !self.state.synced() {
+            return Ok(None);
+        }
+        if !(self.dirty || self.resync) {
+            // Interfaces that did not exist when their groups were set: try again (they come
+            // to the kernel's own pace, not with a datastore event).
+            if self.dataplane.has_missing_links() {
+                self.dataplane.retry_missing_links().map_err(|e| {
+                    self.resync = true;
+                    PolicyError::Nft(e)
+                })?;
+            }
             return Ok(None);
         }
         let (delta, compile_ms) = self.state.compile().map_err(|e| {

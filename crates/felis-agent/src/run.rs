@@ -439,7 +439,9 @@ pub async fn run(
         let policy_ready = policy.as_ref().is_some_and(PolicyPlane::ready);
         match dataplane.reconcile(&desired).await {
             Ok(stats) => {
-                retry_after_error = policy_failed || bgp_failed;
+                // A workload interface missing when its policy group was set: try again soon.
+                let links_missing = policy.as_ref().is_some_and(PolicyPlane::has_missing_links);
+                retry_after_error = policy_failed || bgp_failed || links_missing;
                 if policy_current && policy_ready && seen_revision != written_revision {
                     match write_state_file(&config, "synced-revision", &seen_revision.to_string()) {
                         Ok(()) => written_revision = seen_revision,

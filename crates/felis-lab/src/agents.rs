@@ -232,30 +232,28 @@ pub(crate) fn stop_agent(host: &crate::plan::Host, kill: bool) -> Result<bool, E
     Ok(!agents.is_empty())
 }
 
-/// Waits until every workload interface (`cali*`) on every host is in its host's policy
-/// verdict maps (`pol-from-wl` and `pol-to-wl` of table `inet felis`): until then the agent's
-/// dataplane drops the new interface's traffic, by design, as Calico's CNI can wait for Felix.
+/// Waits until every workload interface (`cali*`) on every host has a device group, which the
+/// agent sets once the interface's policy chains are in the dispatch maps of table `inet felis`
+/// (`pol-from-grp`, `pol-to-grp`): until then the agent's dataplane drops the new interface's
+/// traffic, by design, as Calico's CNI can wait for Felix.
 pub(crate) fn wait_policy_programmed(state: &State, timeout: Duration) -> Result<(), Error> {
     #[allow(clippy::disallowed_methods)] // waiting on real processes needs the real clock
     let deadline = Instant::now() + timeout;
     for host in &state.plan.hosts {
         loop {
             let links = crate::sh::ip_in(&host.netns, &["-o", "link", "show"])?;
-            let workloads: Vec<String> = links
+            let programmed = links
                 .lines()
-                .filter_map(|l| l.split(": ").nth(1))
-                .map(|name| name.split('@').next().unwrap_or(name).to_string())
-                .filter(|name| name.starts_with("cali"))
-                .collect();
-            let maps: String = ["pol-from-wl", "pol-to-wl"]
-                .iter()
-                .map(|map| {
-                    crate::sh::exec_in(&host.netns, &["nft", "list", "map", "inet", "felis", map])
-                        .unwrap_or_default()
+                .filter(|l| {
+                    l.split(": ")
+                        .nth(1)
+                        .is_some_and(|name| name.starts_with("cali"))
                 })
-                .collect();
-            let listed = |name: &String| maps.matches(&format!("\"{name}\"")).count() >= 2;
-            if workloads.iter().all(listed) {
+                .all(|l| {
+                    let group = l.split_whitespace().skip_while(|w| *w != "group").nth(1);
+                    group.is_some_and(|g| g != "default" && g != "0")
+                });
+            if programmed {
                 break;
             }
             #[allow(clippy::disallowed_methods)]

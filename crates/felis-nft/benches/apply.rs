@@ -202,7 +202,10 @@ fn main() {
     let transitions: Vec<(Vec<felis_nft::netlink::Op>, String)> = (0..4)
         .map(|i| {
             let (old, new) = (&rendered[i], &rendered[(i + 1) % 4]);
-            let (ops, _) = felis_nft::fast::delta_ops(old, new).expect("an element delta");
+            // (The interfaces' device groups, set between the two parts, are not timed here.)
+            let (mut ops, cleanup, _) =
+                felis_nft::fast::delta_ops(old, new).expect("an element delta");
+            ops.extend(cleanup);
             let (script, _) = render::delta_script(old, new);
             (ops, script)
         })

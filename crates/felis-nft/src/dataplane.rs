@@ -1,6 +1,7 @@
 //! [`PolicyDataplane`]: keeps the installed ruleset in memory and applies only deltas.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use felis_policy::ProgramDelta;
 use felis_policy::program::Program;
@@ -8,6 +9,7 @@ use felis_policy::program::Program;
 use crate::delta;
 use crate::error::Error;
 use crate::fast;
+use crate::link::LinkSession;
 use crate::netlink;
 use crate::netlink::NetlinkSession;
 use crate::nft;
@@ -15,6 +17,7 @@ use crate::nft::NftSession;
 use crate::render;
 use crate::render::ApplyStats;
 use crate::render::Config;
+use crate::render::GroupChanges;
 use crate::render::RenderCache;
 use crate::render::Ruleset;
 
@@ -47,6 +50,11 @@ pub struct PolicyDataplane {
     netlink: Option<NetlinkSession>,
     /// Rendered chains of the last program, reused for unchanged policies.
     cache: RenderCache,
+    /// The route-netlink socket that sets the interfaces' device groups, opened on first use.
+    links: Option<LinkSession>,
+    /// Interfaces that should have a device group but did not exist when it was set: retried
+    /// by every apply (see [`has_missing_links`](PolicyDataplane::has_missing_links)).
+    missing: BTreeSet<String>,
 }
 
 impl PolicyDataplane {
@@ -64,6 +72,8 @@ impl PolicyDataplane {
             session: None,
             netlink: None,
             cache: RenderCache::default(),
+            links: None,
+            missing: BTreeSet::new(),
         }
     }
 
@@ -93,49 +103,136 @@ impl PolicyDataplane {
         let Some(installed) = &self.installed else {
             return self.replace(desired);
         };
+        let links = GroupChanges::between(installed, &desired).links;
         if self.transport == Transport::Netlink
-            && let Some((ops, mut stats)) = fast::delta_ops(installed, &desired)
+            && let Some((mut ops, cleanup, mut stats)) = fast::delta_ops(installed, &desired)
         {
-            if ops.is_empty() {
+            if ops.is_empty() && cleanup.is_empty() && links.is_empty() {
                 return Ok(stats);
+            }
+            // Without group changes, one batch does it all.
+            let mut cleanup = cleanup;
+            if links.is_empty() {
+                ops.append(&mut cleanup);
             }
             let session = match &mut self.netlink {
                 Some(session) => session,
                 None => self.netlink.insert(NetlinkSession::open()?),
             };
             let batch = session.batch(&ops);
-            if batch.bytes().len() <= netlink::MAX_BATCH {
+            let second = session.batch(&cleanup);
+            if batch.bytes().len() <= netlink::MAX_BATCH
+                && second.bytes().len() <= netlink::MAX_BATCH
+            {
                 self.installed = None;
-                if let Err(e) = session.commit_batch(&batch) {
-                    self.netlink = None;
-                    return Err(e);
-                }
-                stats.script_bytes = batch.bytes().len();
+                self.commit(&ops)?;
+                self.set_groups(&links)?;
+                self.commit(&cleanup)?;
+                stats.script_bytes = batch.bytes().len() + second.bytes().len();
                 stats.netlink = true;
                 self.installed = Some(desired);
                 return Ok(stats);
             }
         }
-        let (script, stats) = render::delta_script(installed, &desired);
-        if script.is_empty() {
+        let (mut script, cleanup, stats) = render::delta_scripts(installed, &desired);
+        if links.is_empty() {
+            script.push_str(&cleanup);
+        }
+        if script.is_empty() && links.is_empty() {
             return Ok(stats);
         }
         self.installed = None;
+        self.apply_text(&script)?;
+        if !links.is_empty() {
+            self.set_groups(&links)?;
+            self.apply_text(&cleanup)?;
+        }
+        self.installed = Some(desired);
+        Ok(stats)
+    }
+
+    /// Whether some interface's device group could not be set because the interface did not
+    /// exist (yet): see [`retry_missing_links`](PolicyDataplane::retry_missing_links).
+    pub fn has_missing_links(&self) -> bool {
+        !self.missing.is_empty()
+    }
+
+    /// Sets the groups of the interfaces that were missing; returns how many now have theirs.
+    /// (Not part of every apply: with many interfaces gone for good, it would slow each change.)
+    pub fn retry_missing_links(&mut self) -> Result<usize, Error> {
+        let Some(installed) = &self.installed else {
+            return Ok(0);
+        };
+        let links: Vec<(String, u32)> = std::mem::take(&mut self.missing)
+            .into_iter()
+            .filter_map(|ifname| installed.groups.get(&ifname).map(|g| (ifname, *g)))
+            .collect();
+        self.set_groups(&links)?;
+        Ok(links.len() - self.missing.len())
+    }
+
+    /// Sets the interfaces' device groups; an interface that does not exist yet is retried.
+    fn set_groups(&mut self, links: &[(String, u32)]) -> Result<(), Error> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        let session = match &mut self.links {
+            Some(session) => session,
+            None => self.links.insert(LinkSession::open()?),
+        };
+        match session.set_groups(links) {
+            Ok(missing) => {
+                // A missing interface with group 0 (no endpoint) needs nothing later.
+                self.missing.extend(
+                    missing
+                        .into_iter()
+                        .filter(|m| links.iter().any(|(i, g)| i == m && *g != 0)),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.links = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits one netlink batch (nothing when `ops` is empty).
+    fn commit(&mut self, ops: &[crate::netlink::Op]) -> Result<(), Error> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let session = match &mut self.netlink {
+            Some(session) => session,
+            None => self.netlink.insert(NetlinkSession::open()?),
+        };
+        let batch = session.batch(ops);
+        if let Err(e) = session.commit_batch(&batch) {
+            self.netlink = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Applies an nft script by this dataplane's transport (nothing when it is empty).
+    fn apply_text(&mut self, script: &str) -> Result<(), Error> {
+        if script.is_empty() {
+            return Ok(());
+        }
         match self.transport {
-            Transport::ProcessPerApply => nft::apply_script(&script)?,
+            Transport::ProcessPerApply => nft::apply_script(script),
             Transport::Persistent | Transport::Netlink => {
                 let session = match &mut self.session {
                     Some(session) => session,
                     None => self.session.insert(NftSession::start()?),
                 };
-                if let Err(e) = session.apply(&script) {
+                let result = session.apply(script);
+                if result.is_err() {
                     self.session = None;
-                    return Err(e);
                 }
+                result
             }
         }
-        self.installed = Some(desired);
-        Ok(stats)
     }
 
     /// Makes the kernel enforce `program`, which `delta` led to from the program of the last
@@ -163,35 +260,40 @@ impl PolicyDataplane {
             }
             _ => None,
         };
-        let Some(plan) = plan else {
+        let Some(mut plan) = plan else {
             return self.apply(program, interfaces);
         };
         let mut stats = plan.stats;
-        if plan.ops.is_empty() {
+        if plan.ops.is_empty() && plan.cleanup.is_empty() && plan.links.is_empty() {
             if let Some(installed) = &mut self.installed {
                 plan.apply_to(installed, &mut self.cache);
             }
             return Ok(stats);
         }
+        // Without group changes, one batch does it all.
+        let mut ops = std::mem::take(&mut plan.ops);
+        let mut cleanup = std::mem::take(&mut plan.cleanup);
+        if plan.links.is_empty() {
+            ops.append(&mut cleanup);
+        }
         let session = match &mut self.netlink {
             Some(session) => session,
             None => self.netlink.insert(NetlinkSession::open()?),
         };
-        let batch = session.batch(&plan.ops);
-        if batch.bytes().len() > netlink::MAX_BATCH {
+        let bytes = session.batch(&ops).bytes().len() + session.batch(&cleanup).bytes().len();
+        if bytes > netlink::MAX_BATCH {
             return self.apply(program, interfaces);
         }
         let Some(mut installed) = self.installed.take() else {
             return self.apply(program, interfaces);
         };
-        if let Err(e) = session.commit_batch(&batch) {
-            // The kernel's state is unknown: the next apply is a full one.
-            self.netlink = None;
-            return Err(e);
-        }
+        // On failure the kernel's state is unknown: the next apply is a full one.
+        self.commit(&ops)?;
+        self.set_groups(&plan.links)?;
+        self.commit(&cleanup)?;
         plan.apply_to(&mut installed, &mut self.cache);
         self.installed = Some(installed);
-        stats.script_bytes = batch.bytes().len();
+        stats.script_bytes = bytes;
         stats.netlink = true;
         Ok(stats)
     }
@@ -224,11 +326,41 @@ impl PolicyDataplane {
         nft::apply_script(&format!("add table inet {}\n{deletions}", render::TABLE))
     }
 
+    /// The interfaces' groups change around the transaction: first, to 0, every workload
+    /// interface whose group is not the one the new rendering gives it (its traffic is dropped
+    /// meanwhile rather than sent to another endpoint's chains); after, to their new groups.
+    /// Groups are a hash of the chain names, so after an agent restart most already match.
     fn replace(&mut self, desired: Ruleset) -> Result<ApplyStats, Error> {
         self.installed = None;
         let existing = nft::list_names()?;
-        let (script, stats) = render::full_script(&desired, &existing);
+        let (script, mut stats) = render::full_script(&desired, &existing);
+        let session = match &mut self.links {
+            Some(session) => session,
+            None => self.links.insert(LinkSession::open()?),
+        };
+        let current = match session.groups(&self.config.workload_prefix) {
+            Ok(current) => current,
+            Err(e) => {
+                self.links = None;
+                return Err(e);
+            }
+        };
+        let stale: Vec<(String, u32)> = current
+            .iter()
+            .filter(|(ifname, group)| **group != 0 && desired.groups.get(*ifname) != Some(group))
+            .map(|(ifname, _)| (ifname.clone(), 0))
+            .collect();
+        self.set_groups(&stale)?;
         nft::apply_script(&script)?;
+        self.missing.clear();
+        let wanted: Vec<(String, u32)> = desired
+            .groups
+            .iter()
+            .filter(|(ifname, group)| current.get(*ifname) != Some(group))
+            .map(|(ifname, group)| (ifname.clone(), *group))
+            .collect();
+        self.set_groups(&wanted)?;
+        stats.links_changed = stale.len() + wanted.len();
         self.installed = Some(desired);
         Ok(stats)
     }

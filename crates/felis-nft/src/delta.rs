@@ -23,23 +23,23 @@ use felis_policy::program::IpSetId;
 use felis_policy::program::Program;
 use felis_policy::program::set_references;
 
+use crate::fast::pair_elements;
 use crate::netlink::Element;
 use crate::netlink::EndpointRule;
 use crate::netlink::Op;
 use crate::netlink::PolicyRule;
-use crate::netlink::Verdict;
 use crate::render::ApplyStats;
 use crate::render::CachedEndpoint;
-use crate::render::FROM_WORKLOAD_MAP;
+use crate::render::GroupChanges;
 use crate::render::NftSet;
 use crate::render::RenderCache;
 use crate::render::Ruleset;
 use crate::render::SetKind;
-use crate::render::TO_WORKLOAD_MAP;
 use crate::render::ip_element;
 use crate::render::ip_set_name;
 use crate::render::named_port_element;
 use crate::render::named_port_set_name;
+use crate::render::pair_group;
 use crate::render::policy_chains;
 use crate::render::profile_chains;
 
@@ -49,8 +49,12 @@ type MapChanges = (Vec<String>, Vec<(String, String)>);
 /// The netlink operations of one delta, and the bookkeeping that follows their commit.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    /// What to send, in order.
+    /// What to send, in order, before the interfaces' device groups change.
     pub(crate) ops: Vec<Op>,
+    /// What to send after: gone pairs, then removed chains and sets.
+    pub(crate) cleanup: Vec<Op>,
+    /// Interfaces whose device group changes (0: no endpoint any more).
+    pub(crate) links: Vec<(String, u32)>,
     /// What it changes.
     pub(crate) stats: ApplyStats,
     /// Set name, elements added, elements removed.
@@ -63,8 +67,11 @@ pub(crate) struct Plan {
     endpoints: Vec<(String, Option<CachedEndpoint>)>,
     new_chains: Vec<(String, Arc<[String]>)>,
     removed_chains: Vec<String>,
-    /// Per verdict map (`pol-to-wl`, `pol-from-wl`): interface names to remove, entries to set.
+    /// Per direction (ingress, egress): interface names to remove, entries to set.
     maps: [MapChanges; 2],
+    /// Pairs new to the maps, and groups whose pair goes.
+    new_pairs: Vec<(u32, (String, String))>,
+    removed_pairs: Vec<u32>,
 }
 
 /// The operations that apply `delta` (which led to `program`) to `installed`; `None` when the
@@ -81,6 +88,10 @@ pub(crate) fn plan(
     }
     let mut plan = Plan {
         ops: Vec::new(),
+        cleanup: Vec::new(),
+        links: Vec::new(),
+        new_pairs: Vec::new(),
+        removed_pairs: Vec::new(),
         stats: ApplyStats::default(),
         elements: Vec::new(),
         created_sets: Vec::new(),
@@ -98,22 +109,17 @@ pub(crate) fn plan(
     };
     let gone = plan_chains(&mut plan, installed, program, delta, &moved, &present)?;
     plan_endpoints(&mut plan, installed, cache, program, delta, interfaces)?;
-    // Policy and profile chains that left the program go last, once nothing jumps to them:
-    // everything removed is flushed before anything is deleted.
-    if !gone.is_empty() {
-        let removed = std::mem::take(&mut plan.removed_chains);
-        let flushed = plan.ops.len() - removed.len() * 2;
-        let deletes = plan.ops.split_off(flushed + removed.len());
-        plan.ops
-            .extend(gone.iter().map(|c| Op::FlushChain(c.clone())));
-        plan.ops.extend(deletes);
-        plan.ops
-            .extend(gone.iter().map(|c| Op::DeleteChain(c.clone())));
-        plan.stats.chains_removed += gone.len();
-        plan.removed_chains = removed.into_iter().chain(gone).collect();
-    }
+    // Removed endpoint chains, and policy and profile chains that left the program, go last,
+    // once nothing jumps to them: everything removed is flushed before anything is deleted.
+    plan.stats.chains_removed += gone.len();
+    plan.removed_chains.extend(gone);
+    let removed = &plan.removed_chains;
+    plan.cleanup
+        .extend(removed.iter().map(|c| Op::FlushChain(c.clone())));
+    plan.cleanup
+        .extend(removed.iter().map(|c| Op::DeleteChain(c.clone())));
     // Emptied sets, once no rule refers to them.
-    plan.ops
+    plan.cleanup
         .extend(plan.removed_sets.iter().map(|s| Op::DeleteSet(s.clone())));
     Some(plan)
 }
@@ -388,7 +394,8 @@ fn plan_endpoints(
             return None;
         }
     }
-    // New chains first, then map entries, then chains nothing jumps to any more.
+    // New chains first, then the pairs of new groups; the interfaces' groups change after the
+    // batch; then gone pairs and the chains nothing jumps to any more (in `cleanup`).
     for (name, rules) in &fresh_chains {
         plan.ops.push(Op::AddChain(name.clone()));
         for rule in rules.iter() {
@@ -400,11 +407,7 @@ fn plan_endpoints(
         plan.stats.chains_added += 1;
     }
     plan.new_chains.extend(fresh_chains);
-    let mut candidates: BTreeSet<String> = BTreeSet::new();
-    for (i, (map_name, map)) in [(TO_WORKLOAD_MAP, maps[0]), (FROM_WORKLOAD_MAP, maps[1])]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, map) in maps.iter().enumerate() {
         let mut stale = Vec::new();
         let mut fresh = Vec::new();
         for ifname in &touched {
@@ -413,57 +416,89 @@ fn plan_endpoints(
             if before == now {
                 continue;
             }
-            if let Some(chain) = before {
+            if before.is_some() {
                 stale.push(ifname.clone());
-                candidates.insert(chain.clone());
             }
             if let Some(chain) = now {
                 fresh.push((ifname.clone(), chain.clone()));
             }
         }
-        let stale_elements = stale
-            .iter()
-            .map(|ifname| Element::of_interface(ifname, None))
-            .collect::<Option<Vec<_>>>()?;
-        let fresh_elements = fresh
-            .iter()
-            .map(|(ifname, chain)| {
-                Element::of_interface(ifname, Some(Verdict::Goto(chain.clone())))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        plan.stats.map_changes += stale.len() + fresh.len();
-        if !stale_elements.is_empty() {
-            plan.ops.push(Op::DeleteElements {
-                set: map_name.to_string(),
-                elements: stale_elements,
-            });
-        }
-        if !fresh_elements.is_empty() {
-            plan.ops.push(Op::AddElements {
-                set: map_name.to_string(),
-                elements: fresh_elements,
-            });
-        }
         plan.maps[i] = (stale, fresh);
     }
-    // A chain an entry left is removed unless another entry still goes to it.
-    let still_used = |chain: &String| {
-        after.iter().any(|m| m.values().any(|c| c == chain))
-            || maps.iter().any(|m| {
-                m.iter()
-                    .any(|(ifname, c)| c == chain && !touched.contains(ifname))
-            })
+    // Groups of the touched interfaces, new pairs given a group none has now.
+    let mut candidates: BTreeSet<u32> = BTreeSet::new();
+    for ifname in &touched {
+        let before = installed.groups.get(ifname).copied();
+        let now = match (after[1].get(ifname), after[0].get(ifname)) {
+            (Some(egress), Some(ingress)) => {
+                let pair = (egress.clone(), ingress.clone());
+                let known = cache.groups.get(&pair).copied().or_else(|| {
+                    plan.new_pairs
+                        .iter()
+                        .find(|(_, p)| *p == pair)
+                        .map(|(g, _)| *g)
+                });
+                Some(match known {
+                    Some(group) => group,
+                    None => {
+                        let group = pair_group(egress, ingress, &|g| {
+                            installed.pairs.contains_key(&g)
+                                || plan.new_pairs.iter().any(|(n, _)| *n == g)
+                        });
+                        plan.new_pairs.push((group, pair));
+                        group
+                    }
+                })
+            }
+            _ => None,
+        };
+        if before == now {
+            continue;
+        }
+        candidates.extend(before);
+        plan.links.push((ifname.clone(), now.unwrap_or(0)));
+    }
+    plan.stats.links_changed = plan.links.len();
+    let added: Vec<(u32, &(String, String))> =
+        plan.new_pairs.iter().map(|(g, p)| (*g, p)).collect();
+    // A pair goes when no interface has its group any more.
+    let in_use = |group: u32| {
+        plan.links.iter().any(|(_, g)| *g == group)
+            || installed
+                .groups
+                .iter()
+                .any(|(ifname, g)| *g == group && !plan.links.iter().any(|(i, _)| i == ifname))
     };
-    let removed: Vec<String> = candidates
-        .into_iter()
-        .filter(|c| installed.chains.contains_key(c) && !still_used(c))
+    let removed_pairs: Vec<u32> = candidates.into_iter().filter(|g| !in_use(*g)).collect();
+    let changes = GroupChanges {
+        added,
+        removed: removed_pairs.clone(),
+        links: Vec::new(),
+    };
+    let (add_ops, remove_ops) = pair_elements(&changes);
+    plan.stats.map_changes += 2 * (changes.added.len() + changes.removed.len());
+    plan.ops.extend(add_ops);
+    plan.cleanup.extend(remove_ops);
+    // A chain of a gone pair is removed unless a remaining pair still goes to it.
+    let remaining = |chain: &String| {
+        installed
+            .pairs
+            .iter()
+            .filter(|(g, _)| !removed_pairs.contains(g))
+            .chain(plan.new_pairs.iter().map(|(g, p)| (g, p)))
+            .any(|(_, (e, i))| e == chain || i == chain)
+    };
+    let mut removed: Vec<String> = removed_pairs
+        .iter()
+        .filter_map(|g| installed.pairs.get(g))
+        .flat_map(|(e, i)| [e.clone(), i.clone()])
+        .filter(|c| installed.chains.contains_key(c) && !remaining(c))
         .collect();
-    plan.ops
-        .extend(removed.iter().map(|c| Op::FlushChain(c.clone())));
-    plan.ops
-        .extend(removed.iter().map(|c| Op::DeleteChain(c.clone())));
+    removed.sort();
+    removed.dedup();
     plan.stats.chains_removed += removed.len();
     plan.removed_chains = removed;
+    plan.removed_pairs = removed_pairs;
     Some(())
 }
 
@@ -493,6 +528,22 @@ impl Plan {
         }
         for (name, rules) in self.new_chains {
             installed.chains.insert(name, rules);
+        }
+        for group in self.removed_pairs {
+            if let Some(pair) = installed.pairs.remove(&group) {
+                cache.groups.remove(&pair);
+            }
+        }
+        for (group, pair) in self.new_pairs {
+            cache.groups.insert(pair.clone(), group);
+            installed.pairs.insert(group, pair);
+        }
+        for (ifname, group) in self.links {
+            if group == 0 {
+                installed.groups.remove(&ifname);
+            } else {
+                installed.groups.insert(ifname, group);
+            }
         }
         let [(to_stale, to_fresh), (from_stale, from_fresh)] = self.maps;
         for (map, stale, fresh) in [
@@ -678,7 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_pod_like_others_is_set_elements_and_map_entries() {
+    fn a_new_pod_like_others_is_set_elements_and_a_device_group() {
         let set = base();
         let local: BTreeSet<String> = ["ns0/pod0".to_string(), "ns1/pod1".to_string()].into();
         let mut compiler = IncrementalCompiler::new("n");
@@ -691,7 +742,7 @@ mod tests {
             &Config::default(),
             &mut cache,
         );
-        // pod6 (ns0, web, like pod0... but pod0 is db): a web pod in ns0.
+        // pod6: a web pod in ns0, like pod0: the same chains, so pod0's pair and group.
         compiler.put_endpoint(pod(6, 0, 7, false), true);
         let delta = compiler.take_delta();
         let plan = plan(
@@ -706,18 +757,14 @@ mod tests {
         assert!(
             described
                 .iter()
-                .any(|d| d.starts_with("add 1 element(s) to pol-s")),
+                .all(|d| d.starts_with("add 1 element(s) to pol-s")),
             "{described:?}"
         );
-        assert!(
-            described
-                .iter()
-                .any(|d| d == "add 1 element(s) to pol-to-wl")
-        );
-        assert!(
-            described
-                .iter()
-                .any(|d| d == "add 1 element(s) to pol-from-wl")
+        assert!(!described.is_empty());
+        assert_eq!(plan.cleanup, []);
+        assert_eq!(
+            plan.links,
+            [("cali6".to_string(), installed.groups["cali0"])]
         );
         plan.apply_to(&mut installed, &mut cache);
         assert_eq!(installed, fresh(compiler.program()));

@@ -7,8 +7,6 @@
 //! a set, changes an interval set or a policy/profile chain's rules returns `None`: it goes
 //! through `nft` text.
 
-use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::netlink::Element;
@@ -17,13 +15,15 @@ use crate::netlink::Op;
 use crate::netlink::Verdict;
 use crate::render::ApplyStats;
 use crate::render::FROM_WORKLOAD_MAP;
+use crate::render::GroupChanges;
 use crate::render::Ruleset;
 use crate::render::TO_WORKLOAD_MAP;
 
 /// The netlink operations that turn installed state `old` into `new`, in the order
-/// [`crate::render::delta_script`] uses (set elements, new chains, chain rules, verdict maps,
-/// removed chains); `None` if the delta needs `nft` text. An empty list: nothing changed.
-pub fn delta_ops(old: &Ruleset, new: &Ruleset) -> Option<(Vec<Op>, ApplyStats)> {
+/// [`crate::render::delta_scripts`] uses: set elements, new chains, chain rules, new pairs;
+/// then, once the interfaces' groups have changed, gone pairs and removed chains. `None` if
+/// the delta needs `nft` text. Empty lists: nothing changed in nftables.
+pub fn delta_ops(old: &Ruleset, new: &Ruleset) -> Option<(Vec<Op>, Vec<Op>, ApplyStats)> {
     // The host side appearing or going adds or deletes base chains: nft text.
     if crate::host::has_host(old) != crate::host::has_host(new) {
         return None;
@@ -92,90 +92,56 @@ pub fn delta_ops(old: &Ruleset, new: &Ruleset) -> Option<(Vec<Op>, ApplyStats)> 
             });
         }
     }
-    // 3. Verdict maps: stale entries out, then fresh ones in.
-    for (map, installed, desired) in [
-        (FROM_WORKLOAD_MAP, &old.from_workload, &new.from_workload),
-        (TO_WORKLOAD_MAP, &old.to_workload, &new.to_workload),
-    ] {
-        let (stale, fresh) = differences(installed, desired);
-        let stale = stale
-            .into_iter()
-            .map(|ifname| Element::of_interface(ifname, None))
-            .collect::<Option<Vec<_>>>()?;
-        let fresh = fresh
-            .into_iter()
-            .map(|(ifname, chain)| {
-                Element::of_interface(ifname, Some(Verdict::Goto(chain.clone())))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        stats.map_changes += stale.len() + fresh.len();
-        if !stale.is_empty() {
-            ops.push(Op::DeleteElements {
-                set: map.to_string(),
-                elements: stale,
-            });
-        }
-        if !fresh.is_empty() {
-            ops.push(Op::AddElements {
-                set: map.to_string(),
-                elements: fresh,
-            });
-        }
-    }
-    // 4. Removed chains: empty them all first (they may jump to each other), then delete.
+    // 3. Verdict maps: new pairs now; gone pairs and removed chains once no interface has
+    // their groups (the second list).
+    let changes = GroupChanges::between(old, new);
+    stats.links_changed = changes.links.len();
+    let (added, removed) = pair_elements(&changes);
+    stats.map_changes += 2 * (changes.added.len() + changes.removed.len());
+    ops.extend(added);
+    let mut cleanup = removed;
     let removed: Vec<&String> = old
         .chains
         .keys()
         .filter(|n| !new.chains.contains_key(*n))
         .collect();
-    ops.extend(removed.iter().map(|n| Op::FlushChain((*n).clone())));
-    ops.extend(removed.iter().map(|n| Op::DeleteChain((*n).clone())));
+    cleanup.extend(removed.iter().map(|n| Op::FlushChain((*n).clone())));
+    cleanup.extend(removed.iter().map(|n| Op::DeleteChain((*n).clone())));
     stats.chains_removed += removed.len();
-    Some((ops, stats))
+    Some((ops, cleanup, stats))
 }
 
-/// The keys of `installed` that `desired` lacks or maps elsewhere, and the entries of `desired`
-/// that `installed` lacks or maps elsewhere: both maps walked once, in step.
-fn differences<'a>(
-    installed: &'a BTreeMap<String, String>,
-    desired: &'a BTreeMap<String, String>,
-) -> (Vec<&'a String>, Vec<(&'a String, &'a String)>) {
-    let mut stale = Vec::new();
-    let mut fresh = Vec::new();
-    let mut old = installed.iter().peekable();
-    let mut new = desired.iter().peekable();
-    loop {
-        match (old.peek(), new.peek()) {
-            (None, None) => break,
-            (Some(&(k, _)), None) => {
-                stale.push(k);
-                old.next();
-            }
-            (None, Some(&(k, v))) => {
-                fresh.push((k, v));
-                new.next();
-            }
-            (Some(&(ko, vo)), Some(&(kn, vn))) => match ko.cmp(kn) {
-                Ordering::Less => {
-                    stale.push(ko);
-                    old.next();
-                }
-                Ordering::Greater => {
-                    fresh.push((kn, vn));
-                    new.next();
-                }
-                Ordering::Equal => {
-                    if vo != vn {
-                        stale.push(ko);
-                        fresh.push((kn, vn));
-                    }
-                    old.next();
-                    new.next();
-                }
-            },
+/// The element operations that add the new pairs of `changes` to both maps, and those that
+/// delete the gone ones.
+pub(crate) fn pair_elements(changes: &GroupChanges<'_>) -> (Vec<Op>, Vec<Op>) {
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    for (i, map) in [FROM_WORKLOAD_MAP, TO_WORKLOAD_MAP].into_iter().enumerate() {
+        if !changes.added.is_empty() {
+            added.push(Op::AddElements {
+                set: map.to_string(),
+                elements: changes
+                    .added
+                    .iter()
+                    .map(|(group, (egress, ingress))| {
+                        let chain = if i == 0 { egress } else { ingress };
+                        Element::of_group(*group, Some(Verdict::Goto(chain.clone())))
+                    })
+                    .collect(),
+            });
+        }
+        if !changes.removed.is_empty() {
+            removed.push(Op::DeleteElements {
+                set: map.to_string(),
+                elements: changes
+                    .removed
+                    .iter()
+                    .map(|group| Element::of_group(*group, None))
+                    .collect(),
+            });
         }
     }
-    (stale, fresh)
+    (added, removed)
 }
 
 #[cfg(test)]
@@ -206,7 +172,15 @@ mod tests {
             "pi-p".into(),
             vec!["ip saddr @pol-s0-4h accept".to_string()].into(),
         );
-        for ifname in endpoints {
+        r.chains
+            .insert("fw-all".into(), vec!["drop".to_string()].into());
+        for (i, ifname) in endpoints.iter().enumerate() {
+            let group = u32::try_from(i).unwrap() + 1;
+            r.groups.insert(ifname.to_string(), group);
+            r.pairs
+                .insert(group, ("fw-all".to_string(), format!("tw-{ifname}")));
+            r.from_workload
+                .insert(ifname.to_string(), "fw-all".to_string());
             let rules: Arc<[String]> = vec![
                 "meta mark set meta mark & 0xffefffff".to_string(),
                 "jump pi-p".to_string(),
@@ -217,7 +191,6 @@ mod tests {
             r.to_workload
                 .insert(ifname.to_string(), format!("tw-{ifname}"));
         }
-        r.from_workload = BTreeMap::new();
         r
     }
 
@@ -225,7 +198,8 @@ mod tests {
     fn a_new_endpoint_is_set_members_a_chain_and_a_map_element() {
         let old = ruleset(&["10.0.0.1"], &["cali1"]);
         let new = ruleset(&["10.0.0.1", "10.0.0.2"], &["cali1", "cali2"]);
-        let (ops, stats) = delta_ops(&old, &new).unwrap();
+        let (ops, cleanup, stats) = delta_ops(&old, &new).unwrap();
+        assert_eq!(cleanup, []);
         let described: Vec<String> = ops.iter().map(Op::describe).collect();
         assert_eq!(
             described,
@@ -235,44 +209,33 @@ mod tests {
                 "add rule ClearPassMark to chain tw-cali2",
                 "add rule Jump(\"pi-p\") to chain tw-cali2",
                 "add rule Drop to chain tw-cali2",
-                "add 1 element(s) to pol-to-wl",
+                "add 1 element(s) to pol-from-grp",
+                "add 1 element(s) to pol-to-grp",
             ]
         );
         assert_eq!(
-            (stats.elements_added, stats.chains_added, stats.map_changes),
-            (1, 1, 1)
+            (
+                stats.elements_added,
+                stats.chains_added,
+                stats.map_changes,
+                stats.links_changed
+            ),
+            (1, 1, 2, 1)
         );
-        // And back: the map element goes before its chain.
-        let (ops, _) = delta_ops(&new, &old).unwrap();
+        // And back: the pair and its chain go after the interface's group.
+        let (ops, cleanup, _) = delta_ops(&new, &old).unwrap();
         let described: Vec<String> = ops.iter().map(Op::describe).collect();
+        assert_eq!(described, ["delete 1 element(s) from pol-s0-4h"]);
+        let described: Vec<String> = cleanup.iter().map(Op::describe).collect();
         assert_eq!(
             described,
             [
-                "delete 1 element(s) from pol-s0-4h",
-                "delete 1 element(s) from pol-to-wl",
+                "delete 1 element(s) from pol-from-grp",
+                "delete 1 element(s) from pol-to-grp",
                 "flush chain tw-cali2",
                 "delete chain tw-cali2",
             ]
         );
-    }
-
-    #[test]
-    fn map_differences_walk_both_maps_in_step() {
-        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let installed = map(&[("a", "1"), ("b", "1"), ("d", "1"), ("f", "1")]);
-        let desired = map(&[("b", "2"), ("c", "1"), ("d", "1"), ("g", "1")]);
-        let (stale, fresh) = differences(&installed, &desired);
-        assert_eq!(stale, ["a", "b", "f"]);
-        let fresh: Vec<(&str, &str)> = fresh
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(fresh, [("b", "2"), ("c", "1"), ("g", "1")]);
     }
 
     #[test]
@@ -292,6 +255,7 @@ mod tests {
             set.elements.insert("192.168.0.0/16".into());
         }
         assert!(delta_ops(&old, &new).is_none());
-        assert_eq!(delta_ops(&old, &old).unwrap().0, []);
+        let (ops, cleanup, _) = delta_ops(&old, &old).unwrap();
+        assert_eq!((ops, cleanup), (vec![], vec![]));
     }
 }

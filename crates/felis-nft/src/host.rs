@@ -18,7 +18,7 @@
 //! dispatch chains (regular):
 //!   pol-hin   ct established,related accept · ACCEPT mark ⇒ accept · iifname "cali*":
 //!             workload→host (ICMPv6 neighbour discovery accept; Drop: drop; Accept/Return:
-//!             invalid drop, the workload's egress chain via @pol-from-wl, unknown cali* drop)
+//!             invalid drop, the workload's egress chain via @pol-from-grp, unknown cali* drop)
 //!             · iifname ⇒ goto fh-<if>
 //!   pol-hout  the same for oifname ⇒ goto th-<if>; oifname "cali*" return (host→workload)
 //!   pol-hfwd-in / -out   iifname ⇒ jump fhfw-<if> / oifname ⇒ jump thfw-<if>
@@ -225,7 +225,9 @@ pub fn render_chains(
         // Return leaves the packet to the host's other rules: our base chain accepts.
         EndpointToHostAction::Accept | EndpointToHostAction::Return => {
             input.push(format!("iifname {wildcard} {invalid}"));
-            input.push(format!("iifname vmap @{FROM_WORKLOAD_MAP}"));
+            input.push(format!(
+                "iifname {wildcard} meta iifgroup vmap @{FROM_WORKLOAD_MAP}"
+            ));
             input.push(format!("iifname {wildcard} drop"));
         }
     }
@@ -549,7 +551,7 @@ probes: [{from: 10.0.0.1, to: 192.168.10.1, port: 22, expect: allow}]
                 "meta mark & 0x00200000 != 0 accept",
                 "iifname \"cali*\" icmpv6 type { 130, 131, 132, 133, 135, 136 } accept",
                 "iifname \"cali*\" ct state invalid drop",
-                "iifname vmap @pol-from-wl",
+                "iifname \"cali*\" meta iifgroup vmap @pol-from-grp",
                 "iifname \"cali*\" drop",
                 &format!("iifname \"eth0\" goto {eth0_in}"),
                 &format!("iifname != \"lo\" iifname != \"cali*\" goto {any_in}"),

@@ -2,7 +2,9 @@
 //! `inet felis` and applies it incrementally.
 //!
 //! - [`render`] is pure: program + endpoint interfaces → [`Ruleset`] (named sets, chains,
-//!   verdict-map elements), and two rulesets → the nft script between them.
+//!   verdict-map elements keyed on device groups, each interface's group), and two rulesets →
+//!   the nft script between them.
+//! - [`link`] sets workload interfaces' device groups (rtnetlink), the key of the dispatch.
 //! - [`PolicyDataplane`] keeps the installed ruleset in memory and sends each change as one
 //!   atomic transaction; [`PolicyDataplane::resync`] replaces all of its objects at once.
 //! - [`nft`] runs the `nft` tool: a process per transaction, or one long-lived `nft -i`.
@@ -37,6 +39,7 @@ mod delta;
 pub mod error;
 pub mod fast;
 pub mod host;
+pub mod link;
 pub mod netlink;
 pub mod nft;
 pub mod render;

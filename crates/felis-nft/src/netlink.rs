@@ -195,6 +195,15 @@ impl Element {
         key.resize(IFNAME_MAX + 1, 0);
         Some(Element { key, verdict })
     }
+
+    /// An element of a verdict map keyed on a device group (`type devgroup`: 4 bytes, host
+    /// order).
+    pub fn of_group(group: u32, verdict: Option<Verdict>) -> Element {
+        Element {
+            key: group.to_ne_bytes().to_vec(),
+            verdict,
+        }
+    }
 }
 
 /// The rule shapes of an endpoint chain (see `render::endpoint_chain`).

@@ -7,9 +7,13 @@
 //!
 //! ```text
 //! pol-forward-egress  (hook forward, priority filter)     ct established/related accept, invalid drop,
-//!                                                         iifname vmap @pol-from-wl, iifname "cali*" drop
+//!                                                         iifname "cali*" iifgroup vmap @pol-from-grp,
+//!                                                         iifname "cali*" drop
 //! pol-forward-ingress (hook forward, priority filter + 1) ct established/related accept, invalid drop,
-//!                                                         oifname vmap @pol-to-wl, oifname "cali*" drop
+//!                                                         oifname "cali*" oifgroup vmap @pol-to-grp,
+//!                                                         oifname "cali*" drop
+//! pol-from-grp / pol-to-grp   verdict maps from a device group to `goto` the egress / ingress
+//!                             endpoint chain
 //! fw-<hash> / tw-<hash>       endpoint chains, egress / ingress: tiers, then profiles, then drop;
 //!                             one per distinct rule list (a hash of it), shared by every endpoint
 //!                             with the same policies, so most endpoint changes are map elements
@@ -18,6 +22,16 @@
 //! pol-s<id>-4h / -4n / -6h / -6n  IP set <id>: host addresses (hash) and CIDRs (interval)
 //! pol-np<id>-4 / -6           named-port set <id>: address . protocol . port
 //! ```
+//!
+//! Dispatch is by device group: every workload interface gets the group (`ip link set caliX
+//! group N`) of its pair of endpoint chains, and the two maps hold one element per pair. Keying
+//! the maps on the interface name instead would cost a verdict-map element per endpoint, and
+//! an element that jumps makes the kernel validate the whole table at every commit (each element
+//! of each verdict map reachable from a base chain, each chain behind it): milliseconds at
+//! 10,000 endpoints, for any rule or jump change. With groups, an endpoint whose policies match
+//! an existing pair changes no nftables object at all (set members aside), and validation walks
+//! one element per pair. Group 0 (every new interface's) is in no map: its traffic is dropped
+//! until the agent sets the group, so an endpoint is never reachable before its policy.
 //!
 //! Allow is `accept` (which ends only the current base chain: the ingress chain still runs, at
 //! the next priority), Deny is `drop`, Log logs and continues. Pass sets [`PASS_MARK`] and returns
@@ -50,10 +64,10 @@ use ipnet::IpNet;
 pub const TABLE: &str = "felis";
 /// The packet mark bit that carries "a Pass rule matched in this tier".
 pub const PASS_MARK: u32 = 0x0010_0000;
-/// Verdict map from a workload interface to its egress chain.
-pub const FROM_WORKLOAD_MAP: &str = "pol-from-wl";
-/// Verdict map from a workload interface to its ingress chain.
-pub const TO_WORKLOAD_MAP: &str = "pol-to-wl";
+/// Verdict map from a workload interface's device group to its egress chain.
+pub const FROM_WORKLOAD_MAP: &str = "pol-from-grp";
+/// Verdict map from a workload interface's device group to its ingress chain.
+pub const TO_WORKLOAD_MAP: &str = "pol-to-grp";
 /// Base chain running workload egress policy.
 pub const EGRESS_BASE_CHAIN: &str = "pol-forward-egress";
 /// Base chain running workload ingress policy.
@@ -140,10 +154,14 @@ pub struct Ruleset {
     /// Regular chains by name, with their rules in order (shared with the render cache, so an
     /// unchanged chain compares equal by pointer).
     pub chains: BTreeMap<String, Arc<[String]>>,
-    /// `pol-from-wl`: interface name to egress chain.
+    /// Interface name to egress chain.
     pub from_workload: BTreeMap<String, String>,
-    /// `pol-to-wl`: interface name to ingress chain.
+    /// Interface name to ingress chain.
     pub to_workload: BTreeMap<String, String>,
+    /// Interface name to its device group (the id of its pair of endpoint chains).
+    pub groups: BTreeMap<String, u32>,
+    /// Device group to its egress and ingress chains (`pol-from-grp`, `pol-to-grp`).
+    pub pairs: BTreeMap<u32, (String, String)>,
     /// Interface-name prefix of workload interfaces.
     pub workload_prefix: String,
 }
@@ -169,6 +187,8 @@ pub struct ApplyStats {
     pub chains_removed: usize,
     /// Verdict-map elements added, changed or removed.
     pub map_changes: usize,
+    /// Workload interfaces whose device group changed.
+    pub links_changed: usize,
     /// Size of the nft script sent (or of the netlink batch).
     pub script_bytes: usize,
     /// Sent as one netlink batch (not `nft` text).
@@ -187,6 +207,7 @@ impl ApplyStats {
             && self.chains_replaced == 0
             && self.chains_removed == 0
             && self.map_changes == 0
+            && self.links_changed == 0
     }
 }
 
@@ -210,6 +231,26 @@ pub struct RenderCache {
     /// The programs rendered number their sets stably ([`felis_policy::IncrementalCompiler`]):
     /// sets are named after their program ids.
     pub(crate) stable_set_ids: bool,
+    /// Device groups of the previous rendering, by (egress, ingress) chain pair.
+    pub(crate) groups: BTreeMap<(String, String), u32>,
+}
+
+/// The device group of the chain pair `(egress, ingress)`: a hash of the names (so that an agent
+/// restarted with the same program finds its interfaces' groups right), the next free number
+/// on a collision with a group in `used`. Never 0 (the default group).
+pub(crate) fn pair_group(egress: &str, ingress: &str, used: &dyn Fn(u32) -> bool) -> u32 {
+    let hash = egress
+        .bytes()
+        .chain([b' '])
+        .chain(ingress.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let mut group = (hash ^ (hash >> 32)) as u32;
+    while group == 0 || used(group) {
+        group = group.wrapping_add(1);
+    }
+    group
 }
 
 impl RenderCache {
@@ -443,6 +484,29 @@ pub fn render_cached(
     ruleset.from_workload = from_workload.into_iter().collect();
     chains.extend(shared);
     ruleset.chains = chains;
+    // Device groups: a pair keeps its group while it lives; a new pair's differs from every
+    // group of the previous rendering (those may still be installed) and of this one.
+    let previous_groups = std::mem::take(&mut cache.groups);
+    let taken: BTreeSet<u32> = previous_groups.values().copied().collect();
+    let mut groups = BTreeMap::new();
+    let mut pairs: BTreeMap<u32, (String, String)> = BTreeMap::new();
+    for (ifname, egress) in &ruleset.from_workload {
+        let Some(ingress) = ruleset.to_workload.get(ifname) else {
+            continue;
+        };
+        let pair = (egress.clone(), ingress.clone());
+        let group = match cache.groups.get(&pair).or(previous_groups.get(&pair)) {
+            Some(group) => *group,
+            None => pair_group(egress, ingress, &|g| {
+                taken.contains(&g) || pairs.contains_key(&g)
+            }),
+        };
+        pairs.entry(group).or_insert_with(|| pair.clone());
+        cache.groups.insert(pair, group);
+        groups.insert(ifname.clone(), group);
+    }
+    ruleset.groups = groups;
+    ruleset.pairs = pairs;
     crate::host::render_into(program, interfaces, &mut ruleset);
     ruleset
 }
@@ -457,9 +521,8 @@ pub fn full_script(ruleset: &Ruleset, existing: &[String]) -> (String, ApplyStat
     };
     let _ = writeln!(s, "add table inet {TABLE}");
     let own: Vec<&String> = existing.iter().filter(|n| is_own(n)).collect();
-    let (maps_and_sets, chains): (Vec<&String>, Vec<&String>) = own
-        .iter()
-        .partition(|n| n.starts_with("pol-s") || n.starts_with("pol-np") || n.ends_with("-wl"));
+    let (maps_and_sets, chains): (Vec<&String>, Vec<&String>) =
+        own.iter().partition(|n| is_set_or_map(n));
     // Remove rules (and map elements) before the chains and sets they refer to.
     for chain in &chains {
         let _ = writeln!(s, "flush chain inet {TABLE} {chain}");
@@ -476,7 +539,10 @@ pub fn full_script(ruleset: &Ruleset, existing: &[String]) -> (String, ApplyStat
         stats.sets_removed += 1;
     }
     for map in [FROM_WORKLOAD_MAP, TO_WORKLOAD_MAP] {
-        let _ = writeln!(s, "add map inet {TABLE} {map} {{ type ifname : verdict; }}");
+        let _ = writeln!(
+            s,
+            "add map inet {TABLE} {map} {{ type devgroup : verdict; }}"
+        );
     }
     for (name, set) in &ruleset.sets {
         add_set(&mut s, name, set, &mut stats);
@@ -488,11 +554,22 @@ pub fn full_script(ruleset: &Ruleset, existing: &[String]) -> (String, ApplyStat
     for (name, rules) in &ruleset.chains {
         add_rules(&mut s, name, rules);
     }
-    stats.map_changes += add_map_elements(&mut s, FROM_WORKLOAD_MAP, ruleset.from_workload.iter());
-    stats.map_changes += add_map_elements(&mut s, TO_WORKLOAD_MAP, ruleset.to_workload.iter());
-    for (chain, priority, map, key) in [
-        (EGRESS_BASE_CHAIN, "filter", FROM_WORKLOAD_MAP, "iifname"),
-        (INGRESS_BASE_CHAIN, "filter + 1", TO_WORKLOAD_MAP, "oifname"),
+    stats.map_changes += add_pair_elements(&mut s, ruleset.pairs.iter());
+    for (chain, priority, map, key, group) in [
+        (
+            EGRESS_BASE_CHAIN,
+            "filter",
+            FROM_WORKLOAD_MAP,
+            "iifname",
+            "iifgroup",
+        ),
+        (
+            INGRESS_BASE_CHAIN,
+            "filter + 1",
+            TO_WORKLOAD_MAP,
+            "oifname",
+            "oifgroup",
+        ),
     ] {
         let _ = writeln!(
             s,
@@ -501,7 +578,10 @@ pub fn full_script(ruleset: &Ruleset, existing: &[String]) -> (String, ApplyStat
         let rules = [
             "ct state established,related accept".to_string(),
             "ct state invalid drop".to_string(),
-            format!("{key} vmap @{map}"),
+            format!(
+                "{key} \"{}*\" meta {group} vmap @{map}",
+                ruleset.workload_prefix
+            ),
             format!("{key} \"{}*\" drop", ruleset.workload_prefix),
         ];
         add_rules(&mut s, chain, &rules);
@@ -512,8 +592,18 @@ pub fn full_script(ruleset: &Ruleset, existing: &[String]) -> (String, ApplyStat
 }
 
 /// The script that turns installed state `old` into `new`, in one transaction: sets first,
-/// then chains, then map elements; removals in reverse. Empty when nothing changed.
+/// then chains, then map elements; removals in reverse. Empty when nothing changed. (The
+/// interfaces' device groups are not in it: see [`delta_scripts`] and [`GroupChanges`].)
 pub fn delta_script(old: &Ruleset, new: &Ruleset) -> (String, ApplyStats) {
+    let (mut s, cleanup, stats) = delta_scripts(old, new);
+    s.push_str(&cleanup);
+    (s, stats)
+}
+
+/// [`delta_script`] in two parts: what to send before the interfaces' device groups change
+/// (additions: a group's pair is in the maps before any interface has the group) and what to
+/// send after (removals: no interface has a group any more when its pair goes).
+pub fn delta_scripts(old: &Ruleset, new: &Ruleset) -> (String, String, ApplyStats) {
     let mut s = String::new();
     let mut stats = ApplyStats::default();
     // 1. Sets: new ones, then changed elements.
@@ -561,20 +651,20 @@ pub fn delta_script(old: &Ruleset, new: &Ruleset) -> (String, ApplyStats) {
         }
         add_rules(&mut s, name, rules);
     }
-    // 3. Verdict maps.
-    for (map, installed, desired) in [
-        (FROM_WORKLOAD_MAP, &old.from_workload, &new.from_workload),
-        (TO_WORKLOAD_MAP, &old.to_workload, &new.to_workload),
-    ] {
-        let stale = installed
-            .iter()
-            .filter(|(k, v)| desired.get(*k) != Some(v))
-            .map(|(k, _)| format!("\"{k}\""));
-        stats.map_changes += element_command(&mut s, "delete", map, stale);
-        let fresh = desired.iter().filter(|(k, v)| installed.get(*k) != Some(v));
-        stats.map_changes += add_map_elements(&mut s, map, fresh);
-    }
+    // 3. Verdict maps: new pairs (removed ones go in the second part).
+    let changes = GroupChanges::between(old, new);
+    stats.map_changes += add_pair_elements(&mut s, changes.added.iter().map(|(g, p)| (g, *p)));
     crate::host::delta_base_chains(&mut s, old, new);
+    stats.links_changed = changes.links.len();
+    let main = std::mem::take(&mut s);
+    for map in [FROM_WORKLOAD_MAP, TO_WORKLOAD_MAP] {
+        stats.map_changes += element_command(
+            &mut s,
+            "delete",
+            map,
+            changes.removed.iter().map(u32::to_string),
+        );
+    }
     // 4. Removed chains: empty them all first (they may jump to each other), then delete.
     let removed_chains: Vec<&String> = old
         .chains
@@ -593,8 +683,55 @@ pub fn delta_script(old: &Ruleset, new: &Ruleset) -> (String, ApplyStats) {
         let _ = writeln!(s, "delete set inet {TABLE} {name}");
         stats.sets_removed += 1;
     }
-    stats.script_bytes = s.len();
-    (s, stats)
+    stats.script_bytes = main.len() + s.len();
+    (main, s, stats)
+}
+
+/// What changes in the device-group dispatch from `old` to `new`.
+#[derive(Debug, Default)]
+pub struct GroupChanges<'a> {
+    /// Pairs new in `new`, by group.
+    pub added: Vec<(u32, &'a (String, String))>,
+    /// Groups whose pair is gone.
+    pub removed: Vec<u32>,
+    /// Interfaces whose device group changes: the new group (0 for an interface that no
+    /// longer has an endpoint).
+    pub links: Vec<(String, u32)>,
+}
+
+impl<'a> GroupChanges<'a> {
+    /// The changes from `old` to `new`.
+    pub fn between(old: &'a Ruleset, new: &'a Ruleset) -> GroupChanges<'a> {
+        let added = new
+            .pairs
+            .iter()
+            .filter(|(g, p)| old.pairs.get(g) != Some(p))
+            .map(|(g, p)| (*g, p))
+            .collect();
+        let removed = old
+            .pairs
+            .iter()
+            .filter(|(g, p)| new.pairs.get(g) != Some(p))
+            .map(|(g, _)| *g)
+            .collect();
+        let mut links: Vec<(String, u32)> = old
+            .groups
+            .keys()
+            .filter(|i| !new.groups.contains_key(*i))
+            .map(|i| (i.clone(), 0))
+            .collect();
+        links.extend(
+            new.groups
+                .iter()
+                .filter(|(i, g)| old.groups.get(*i) != Some(g))
+                .map(|(i, g)| (i.clone(), *g)),
+        );
+        GroupChanges {
+            added,
+            removed,
+            links,
+        }
+    }
 }
 
 /// A chain or set name: `prefix` + `key` when `key` is made of characters nft accepts in a
@@ -657,7 +794,7 @@ fn digest(rules: &[String]) -> u64 {
 
 /// The nft keyword for one of our set or map names.
 fn set_or_map(name: &str) -> &'static str {
-    if name == FROM_WORKLOAD_MAP || name == TO_WORKLOAD_MAP {
+    if name.ends_with("-wl") || name.ends_with("-grp") {
         "map"
     } else {
         "set"
@@ -761,17 +898,24 @@ fn element_command<T: AsRef<str>>(
     count
 }
 
-fn add_map_elements<'a>(
+/// Adds each pair's elements to both maps; returns how many elements.
+fn add_pair_elements<'a>(
     s: &mut String,
-    map: &str,
-    elements: impl Iterator<Item = (&'a String, &'a String)>,
+    pairs: impl Iterator<Item = (&'a u32, &'a (String, String))> + Clone,
 ) -> usize {
-    element_command(
-        s,
-        "add",
-        map,
-        elements.map(|(ifname, chain)| format!("\"{ifname}\" : goto {chain}")),
-    )
+    let egress = pairs.clone().map(|(g, (e, _))| format!("{g} : goto {e}"));
+    let ingress = pairs.map(|(g, (_, i))| format!("{g} : goto {i}"));
+    element_command(s, "add", FROM_WORKLOAD_MAP, egress)
+        + element_command(s, "add", TO_WORKLOAD_MAP, ingress)
+}
+
+/// Whether one of our names (as listed) is a set or map rather than a chain.
+fn is_set_or_map(name: &str) -> bool {
+    // `-wl`: the interface-name verdict maps of earlier versions.
+    name.starts_with("pol-s")
+        || name.starts_with("pol-np")
+        || name.ends_with("-wl")
+        || name.ends_with("-grp")
 }
 
 fn add_rules(s: &mut String, chain: &str, rules: &[String]) {
@@ -1717,8 +1861,13 @@ to cali1 -> tw-35344ea6194e2f6c
         );
         assert!(
             position("add chain inet felis tw-35344ea6194e2f6c\n")
-                < position("add element inet felis pol-to-wl")
+                < position("add element inet felis pol-to-grp")
         );
+        let group = ruleset.groups["cali1"];
+        assert!(script.contains(&format!("{group} : goto tw-35344ea6194e2f6c")));
+        assert!(script.contains(
+            "add rule inet felis pol-forward-egress iifname \"cali*\" meta iifgroup vmap @pol-from-grp"
+        ));
         assert!(script.contains("add rule inet felis pol-forward-ingress oifname \"cali*\" drop"));
         assert_eq!(stats.chains_removed, 2);
         assert_eq!(stats.sets_removed, 2);
@@ -1746,7 +1895,8 @@ to cali1 -> tw-35344ea6194e2f6c
         new_ifaces.insert("prod/no-interface".to_string(), "cali2".to_string());
         let new = render(&changed, &new_ifaces, &Config::default());
         let (script, stats) = delta_script(&old, &new);
-        // cali2's endpoint program equals cali1's: it shares its chains (map elements only).
+        // cali2's endpoint program equals cali1's: it shares its chains and their pair (only
+        // its device group changes, outside the script).
         let expected = "\
 add element inet felis pol-s0-4h { 10.0.0.9 }
 flush chain inet felis pi-prod/web
@@ -1758,8 +1908,6 @@ add rule inet felis pi-security meta nfproto ipv4 meta l4proto 1 icmp type 8 icm
 add rule inet felis pi-security meta nfproto ipv6 meta l4proto 58 icmpv6 type 8 icmpv6 code 0 log prefix \"calico-packet: \"
 add rule inet felis pi-security meta nfproto ipv4 ip saddr @pol-s0-4h meta mark set meta mark | 0x00100000 return
 add rule inet felis pi-security meta nfproto ipv6 ip6 saddr @pol-s0-6h meta mark set meta mark | 0x00100000 return
-add element inet felis pol-from-wl { \"cali2\" : goto fw-f3f464e45ba0b1a2 }
-add element inet felis pol-to-wl { \"cali2\" : goto tw-35344ea6194e2f6c }
 delete set inet felis pol-np1-4
 delete set inet felis pol-s0-4n
 ";
@@ -1768,7 +1916,10 @@ delete set inet felis pol-s0-4n
         assert_eq!(stats.chains_added, 0);
         assert_eq!(stats.chains_replaced, 2);
         assert_eq!(stats.sets_removed, 2);
-        assert_eq!(stats.map_changes, 2);
+        assert_eq!((stats.map_changes, stats.links_changed), (0, 1));
+        assert_eq!(new.groups["cali2"], new.groups["cali1"]);
+        let changes = GroupChanges::between(&old, &new);
+        assert_eq!(changes.links, [("cali2".to_string(), new.groups["cali1"])]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ add set inet felis pol-s0-4h { type ipv4_addr; }
 add set inet felis pol-s0-6h { type ipv6_addr; }
 add set inet felis pol-np1-4 { type ipv4_addr . inet_proto . inet_service; }
 add set inet felis pol-np1-6 { type ipv6_addr . inet_proto . inet_service; }
-add map inet felis pol-to-wl { type ifname : verdict; }
+add map inet felis pol-to-grp { type devgroup : verdict; }
 add chain inet felis pi-a
 add chain inet felis pri-b
 ";
@@ -101,11 +101,10 @@ fn netlink_objects_read_back_like_their_nft_text() {
                 elements: vec![element(SetKind::NamedPorts6, "fd00::2 . 17 . 53")],
             },
             Op::AddElements {
-                set: "pol-to-wl".into(),
+                set: "pol-to-grp".into(),
                 elements: vec![
-                    Element::of_interface("calia", Some(Verdict::Goto("tw-netlink".into())))
-                        .unwrap(),
-                    Element::of_interface("calib", Some(Verdict::Jump("tw-text".into()))).unwrap(),
+                    Element::of_group(7, Some(Verdict::Goto("tw-netlink".into()))),
+                    Element::of_group(4_000_000_000, Some(Verdict::Jump("tw-text".into()))),
                 ],
             },
         ]);
@@ -127,8 +126,8 @@ fn netlink_objects_read_back_like_their_nft_text() {
             "elements = { fd00::1 }",
             "elements = { 10.0.0.2 . tcp . 8080 }",
             "elements = { fd00::2 . udp . 53 }",
-            "\"calia\" : goto tw-netlink",
-            "\"calib\" : jump tw-text",
+            "7 : goto tw-netlink",
+            "4000000000 : jump tw-text",
         ] {
             assert!(sets.contains(expected), "{expected} missing from\n{sets}");
         }
@@ -141,8 +140,8 @@ fn netlink_objects_read_back_like_their_nft_text() {
                     elements: vec![element(SetKind::Hosts4, "10.0.0.1")],
                 },
                 Op::DeleteElements {
-                    set: "pol-to-wl".into(),
-                    elements: vec![Element::of_interface("calia", None).unwrap()],
+                    set: "pol-to-grp".into(),
+                    elements: vec![Element::of_group(7, None)],
                 },
                 Op::FlushChain("tw-netlink".into()),
                 Op::DeleteChain("tw-netlink".into()),
@@ -152,7 +151,7 @@ fn netlink_objects_read_back_like_their_nft_text() {
         let after = nft(&["list", "table", "inet", "felis"]);
         assert!(after.contains("elements = { 10.0.0.2 }"), "{after}");
         assert!(
-            !after.contains("calia") && !after.contains("tw-netlink"),
+            !after.contains("7 : goto") && !after.contains("tw-netlink"),
             "{after}"
         );
         assert!(

@@ -429,8 +429,13 @@ fn endpoint_without_program_drops_until_it_has_one() {
         .host
         .run(|| dataplane.apply(&program, &interfaces(&["a", "b", "c"])))
         .unwrap();
-    // c's rules are a's and b's: it shares their chains, only the verdict maps change.
-    assert_eq!((stats.chains_added, stats.map_changes), (0, 2), "{stats:?}");
+    // c's rules are a's and b's: it shares their chains and their group; no nftables object
+    // changes, only c's device group.
+    assert_eq!(
+        (stats.chains_added, stats.map_changes, stats.links_changed),
+        (0, 0, 1),
+        "{stats:?}"
+    );
     assert!(check(&topology, &program, "a", "c", Probe::Tcp(8080)));
     assert!(check(&topology, &program, "c", "a", Probe::Tcp(8080)));
 
@@ -560,14 +565,14 @@ fn failed_delta_is_followed_by_a_resync() {
         .host
         .run(|| dataplane.apply(&program, &all))
         .unwrap();
-    // Someone deletes one of our chains behind our back: the next delta that touches it fails,
-    // and the one after that resyncs.
+    // Someone deletes one of our maps and chains behind our back: the next delta that touches
+    // them fails, and the one after that resyncs.
     let chain = dataplane.installed().unwrap().to_workload["calib"].clone();
     topology
         .host
         .run(|| {
             felis_nft::nft::apply_script(&format!(
-                "delete element inet felis pol-to-wl {{ \"calia\", \"calib\" }}\nflush chain inet felis {chain}\ndelete chain inet felis {chain}\n",
+                "flush chain inet felis pol-forward-ingress\ndelete map inet felis pol-to-grp\nflush map inet felis pol-from-grp\nflush chain inet felis {chain}\ndelete chain inet felis {chain}\n",
             ))
         })
         .unwrap();
@@ -924,14 +929,14 @@ fn incremental_deltas_go_by_netlink_and_enforce_what_the_program_says() {
     assert!(!check(&topology, &program, "a", "b", Probe::Tcp(8080)));
     assert!(check(&topology, &program, "c", "b", Probe::Tcp(8080)));
 
-    // c goes: its map entries and set element leave; then it comes back.
+    // c goes: its device group is reset and its set element leaves; then it comes back.
     compiler.delete_endpoint("prod/c");
     let delta = compiler.take_delta();
     let stats = topology
         .host
         .run(|| dataplane.apply_delta(compiler.program(), &delta, &all))
         .unwrap();
-    assert!(!stats.full && stats.map_changes == 2, "{stats:?}");
+    assert!(!stats.full && stats.links_changed == 1, "{stats:?}");
     assert!(!tcp_connects(topology.ns("c"), ip("b"), 8080));
     compiler.put_endpoint(client("c"), true);
     let delta = compiler.take_delta();
@@ -939,7 +944,7 @@ fn incremental_deltas_go_by_netlink_and_enforce_what_the_program_says() {
         .host
         .run(|| dataplane.apply_delta(compiler.program(), &delta, &all))
         .unwrap();
-    assert!(!stats.full && stats.map_changes == 2, "{stats:?}");
+    assert!(!stats.full && stats.links_changed == 1, "{stats:?}");
     let program = compiler.program().clone();
     assert!(check(&topology, &program, "c", "b", Probe::Tcp(8080)));
     // What the deltas left equals a full rendering of the program.
@@ -951,4 +956,96 @@ fn incremental_deltas_go_by_netlink_and_enforce_what_the_program_says() {
         &mut felis_nft::render::RenderCache::stable(),
     );
     assert_eq!(installed, fresh);
+}
+
+/// The device group of `ifname` in `ns` (0 for `default`).
+fn group_of(ns: &TestNetns, ifname: &str) -> u32 {
+    let listing = ns.ip(&["-o", "link", "show", ifname]);
+    let group = listing
+        .split_whitespace()
+        .skip_while(|w| *w != "group")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no group in {listing}"));
+    if group == "default" {
+        0
+    } else {
+        group.parse().unwrap()
+    }
+}
+
+#[test]
+fn an_interface_missing_at_apply_gets_its_group_when_retried() {
+    if skip_unless_root("an_interface_missing_at_apply_gets_its_group_when_retried") {
+        return;
+    }
+    let topology = Topology::new(&["a", "b"]);
+    let _server = Server::start(topology.ns("b"), 8080);
+    let program = compile(&base_set(&["a", "b"]));
+    let all = interfaces(&["a", "b"]);
+    // b's interface is not there (yet) when its endpoint is programmed.
+    topology.host.ip(&["link", "set", "calib", "down"]);
+    topology.host.ip(&["link", "set", "calib", "name", "tmpb"]);
+    let mut dataplane = PolicyDataplane::new();
+    topology
+        .host
+        .run(|| dataplane.apply(&program, &all))
+        .unwrap();
+    assert!(dataplane.has_missing_links());
+    topology.host.ip(&["link", "set", "tmpb", "name", "calib"]);
+    topology.host.ip(&["link", "set", "calib", "up"]);
+    // Until the retry, its traffic is dropped (group 0 is in no map).
+    assert_eq!(group_of(&topology.host, "calib"), 0);
+    assert!(!tcp_connects(topology.ns("a"), ip("b"), 8080));
+    let fixed = topology
+        .host
+        .run(|| dataplane.retry_missing_links())
+        .unwrap();
+    assert_eq!(fixed, 1);
+    assert!(!dataplane.has_missing_links());
+    let installed = dataplane.installed().unwrap();
+    assert_eq!(group_of(&topology.host, "calib"), installed.groups["calib"]);
+    assert!(check(&topology, &program, "a", "b", Probe::Tcp(8080)));
+}
+
+#[test]
+fn a_resync_by_a_new_dataplane_resets_stale_groups() {
+    if skip_unless_root("a_resync_by_a_new_dataplane_resets_stale_groups") {
+        return;
+    }
+    let topology = Topology::new(&["a", "b", "c"]);
+    let _servers = [
+        Server::start(topology.ns("b"), 8080),
+        Server::start(topology.ns("c"), 8080),
+    ];
+    let program = compile(&base_set(&["a", "b"]));
+    let mut first = PolicyDataplane::new();
+    topology
+        .host
+        .run(|| first.apply(&program, &interfaces(&["a", "b"])))
+        .unwrap();
+    // A stale group on an interface with no endpoint (left by an earlier agent), and a wrong
+    // one on an endpoint's interface.
+    let group_b = first.installed().unwrap().groups["calib"];
+    topology
+        .host
+        .ip(&["link", "set", "calic", "group", &group_b.to_string()]);
+    topology
+        .host
+        .ip(&["link", "set", "calia", "group", "12345"]);
+    // A restarted agent: a new dataplane, which resyncs.
+    let mut second = PolicyDataplane::new();
+    let stats = topology
+        .host
+        .run(|| second.apply(&program, &interfaces(&["a", "b"])))
+        .unwrap();
+    assert!(stats.full);
+    let installed = second.installed().unwrap();
+    // Groups are a hash of the chains: the restarted agent gives b the same one.
+    assert_eq!(installed.groups["calib"], group_b);
+    assert_eq!(group_of(&topology.host, "calia"), installed.groups["calia"]);
+    assert_eq!(group_of(&topology.host, "calic"), 0);
+    assert!(check(&topology, &program, "a", "b", Probe::Tcp(8080)));
+    // c has no endpoint: its traffic is dropped, not sent through b's chains.
+    assert!(!tcp_connects(topology.ns("c"), ip("b"), 8080));
+    assert!(!tcp_connects(topology.ns("a"), ip("c"), 8080));
 }
