@@ -626,6 +626,16 @@ impl PolicyPlane {
         self.dataplane.has_missing_links()
     }
 
+    /// Sets the device groups of interfaces that did not exist when theirs were set (they
+    /// appear at the kernel's pace, not with a datastore event); returns how many now have
+    /// theirs. On failure the next apply resyncs.
+    pub fn retry_missing_links(&mut self) -> Result<usize, PolicyError> {
+        self.dataplane.retry_missing_links().map_err(|e| {
+            self.resync = true;
+            PolicyError::Nft(e)
+        })
+    }
+
     /// Whether policy has been programmed from a datastore snapshot at least once.
     pub fn ready(&self) -> bool {
         self.applied_once
@@ -634,18 +644,7 @@ impl PolicyPlane {
     /// Compiles and applies when something changed (or a resync is due); `Ok(None)` when there
     /// was nothing to do. Blocking: it talks to the kernel (netlink) or runs `nft`.
     pub fn apply(&mut self) -> Result<Option<Applied>, PolicyError> {
-        if !self.state.synced() {
-            return Ok(None);
-        }
-        if !(self.dirty || self.resync) {
-            // Interfaces that did not exist when their groups were set: try again (they come
-            // to the kernel's own pace, not with a datastore event).
-            if self.dataplane.has_missing_links() {
-                self.dataplane.retry_missing_links().map_err(|e| {
-                    self.resync = true;
-                    PolicyError::Nft(e)
-                })?;
-            }
+        if !self.state.synced() || !(self.dirty || self.resync) {
             return Ok(None);
         }
         let (delta, compile_ms) = self.state.compile().map_err(|e| {

@@ -49,6 +49,12 @@ use crate::dataplane::Dataplane;
 use crate::policy::PolicyPlane;
 use crate::sync;
 
+/// First wait before setting again the policy device group of a workload interface that did not
+/// exist; doubled while none appears, up to [`LINKS_RETRY_MAX`].
+const LINKS_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two such retries.
+const LINKS_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// How the node's address is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpSetting {
@@ -253,6 +259,10 @@ pub async fn run(
     let mut seen_revision = 0i64;
     let mut written_revision = 0i64;
     let mut policy_current = false;
+    // Workload interfaces missing when their policy device group was set: retried on their
+    // own timer (no reconcile), sooner at first, backing off while they stay missing.
+    let mut links_missing = false;
+    let mut links_retry = LINKS_RETRY_FIRST;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -322,6 +332,26 @@ pub async fn run(
                 continue;
             }
             _ = tokio::time::sleep(Duration::from_secs(1)), if retry_after_error => {}
+            _ = tokio::time::sleep(links_retry), if links_missing => {
+                if let Some(mut plane) = policy.take() {
+                    let (plane, result) = blocking(move || {
+                        let result = plane.retry_missing_links();
+                        (plane, result)
+                    })
+                    .await?;
+                    match result {
+                        Ok(0) => links_retry = (links_retry * 2).min(LINKS_RETRY_MAX),
+                        Ok(fixed) => {
+                            info!(interfaces = fixed, "policy groups set on interfaces that appeared");
+                            links_retry = LINKS_RETRY_FIRST;
+                        }
+                        Err(e) => warn!(error = %ErrorChain(&e), "setting policy groups failed; resyncing"),
+                    }
+                    links_missing = plane.has_missing_links();
+                    policy = Some(plane);
+                }
+                continue;
+            }
         }
         // Calico's pod MTU: the host's, less the largest overhead of the encapsulations in use.
         let pod_mtu = host_mtu.saturating_sub(graph.encap_overhead());
@@ -418,6 +448,7 @@ pub async fn run(
                         elements_added = s.elements_added,
                         elements_removed = s.elements_removed,
                         map_changes = s.map_changes,
+                        links_changed = s.links_changed,
                         script_bytes = s.script_bytes,
                         compile_ms = round2(applied.compile_ms),
                         apply_ms = round2(applied.apply_ms),
@@ -434,14 +465,16 @@ pub async fn run(
                     policy_failed = true;
                 }
             }
+            if !links_missing && plane.has_missing_links() {
+                links_retry = LINKS_RETRY_FIRST;
+            }
+            links_missing = plane.has_missing_links();
             policy = Some(plane);
         }
         let policy_ready = policy.as_ref().is_some_and(PolicyPlane::ready);
         match dataplane.reconcile(&desired).await {
             Ok(stats) => {
-                // A workload interface missing when its policy group was set: try again soon.
-                let links_missing = policy.as_ref().is_some_and(PolicyPlane::has_missing_links);
-                retry_after_error = policy_failed || bgp_failed || links_missing;
+                retry_after_error = policy_failed || bgp_failed;
                 if policy_current && policy_ready && seen_revision != written_revision {
                     match write_state_file(&config, "synced-revision", &seen_revision.to_string()) {
                         Ok(()) => written_revision = seen_revision,
