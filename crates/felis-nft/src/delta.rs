@@ -257,6 +257,9 @@ fn plan_chains(
     moved: &BTreeSet<IpSetId>,
     present: &dyn Fn(&str) -> bool,
 ) -> Option<Vec<String>> {
+    // A set that came into the program in this delta is referred to only by the policies and
+    // profiles compiled again in it: the others need looking at only for sets that existed.
+    let moved: BTreeSet<IpSetId> = moved.difference(&delta.created_sets).copied().collect();
     let refers = |rules: [&[CompiledRule]; 2]| {
         !moved.is_empty()
             && rules

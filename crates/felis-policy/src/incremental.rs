@@ -70,6 +70,10 @@ pub struct ProgramDelta {
     pub ip_sets: BTreeMap<IpSetId, SetDelta<IpNet>>,
     /// Named-port-set members added and removed, by set.
     pub named_port_sets: BTreeMap<IpSetId, SetDelta<NamedPortMember>>,
+    /// Sets (of either kind) that came into the program: nothing refers to them but the
+    /// policies and profiles in [`policies`](ProgramDelta::policies) and
+    /// [`profiles`](ProgramDelta::profiles), compiled again in this delta.
+    pub created_sets: BTreeSet<IpSetId>,
     /// The host side ([`Program::host`]) changed.
     pub host: bool,
 }
@@ -93,6 +97,7 @@ impl ProgramDelta {
         for (id, change) in other.named_port_sets {
             self.named_port_sets.entry(id).or_default().merge(change);
         }
+        self.created_sets.extend(other.created_sets);
     }
 }
 
@@ -1031,6 +1036,7 @@ impl Interner<'_> {
                 id
             }
         };
+        self.delta.created_sets.insert(id);
         let named = matches!(def.role, SetRole::NamedPort(_));
         let mut live = LiveSet {
             entity: def.entity(),
