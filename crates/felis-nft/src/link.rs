@@ -9,10 +9,10 @@ use std::time::Duration;
 use std::time::Instant;
 
 use netlink_sys::Socket;
-use netlink_sys::SocketAddr;
 use netlink_sys::protocols::NETLINK_ROUTE;
 
 use crate::error::Error;
+use crate::netlink::open_socket;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -40,16 +40,8 @@ pub struct LinkSession {
 impl LinkSession {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<LinkSession, Error> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(Error::Netlink)?;
-        socket.bind_auto().map_err(Error::Netlink)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(Error::Netlink)?;
-        socket.set_ext_ack(true).map_err(Error::Netlink)?;
-        socket.set_non_blocking(true).map_err(Error::Netlink)?;
-        socket.set_rx_buf_sz(1 << 20).map_err(Error::Netlink)?;
         Ok(LinkSession {
-            socket,
+            socket: open_socket(NETLINK_ROUTE)?,
             seq: 1,
             buffer: Vec::with_capacity(64 * 1024),
         })

@@ -875,6 +875,20 @@ impl Batch {
     }
 }
 
+/// A non-blocking netlink socket of `protocol`, connected to the kernel, with extended acks
+/// (errors say why) and a 1 MiB receive buffer, in the calling thread's network namespace.
+pub(crate) fn open_socket(protocol: isize) -> Result<Socket, Error> {
+    let mut socket = Socket::new(protocol).map_err(Error::Netlink)?;
+    socket.bind_auto().map_err(Error::Netlink)?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(Error::Netlink)?;
+    socket.set_ext_ack(true).map_err(Error::Netlink)?;
+    socket.set_non_blocking(true).map_err(Error::Netlink)?;
+    socket.set_rx_buf_sz(1 << 20).map_err(Error::Netlink)?;
+    Ok(socket)
+}
+
 /// A `NETLINK_NETFILTER` socket in the network namespace it was opened in.
 #[derive(Debug)]
 pub struct NetlinkSession {
@@ -886,16 +900,9 @@ pub struct NetlinkSession {
 impl NetlinkSession {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<NetlinkSession, Error> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(Error::Netlink)?;
-        socket.bind_auto().map_err(Error::Netlink)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(Error::Netlink)?;
-        // Acks carry only the header of the message they answer; errors say why.
+        let socket = open_socket(NETLINK_NETFILTER)?;
+        // Acks carry only the header of the message they answer.
         socket.set_cap_ack(true).map_err(Error::Netlink)?;
-        socket.set_ext_ack(true).map_err(Error::Netlink)?;
-        socket.set_non_blocking(true).map_err(Error::Netlink)?;
-        socket.set_rx_buf_sz(1 << 20).map_err(Error::Netlink)?;
         // Sequence numbers only need to differ between batches of this socket.
         let seq = u32::try_from(
             std::time::SystemTime::now()
