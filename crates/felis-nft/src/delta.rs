@@ -6,8 +6,8 @@
 //! when they lose their last), the policy and profile chains compiled again (and those that
 //! refer to a set that appeared or went: their rules render differently), and the endpoints put
 //! or deleted (their chains, rendered again, shared with other endpoints when the rules are
-//! equal; their verdict-map elements). A delta that needs more (an interval set changed, a rule
-//! with an anonymous set, the host side, a chain-name collision) gives `None`: the caller
+//! equal; their device groups). A delta that needs more (an interval set changed, a rule shape
+//! the encoder does not know, the host side, a chain-name collision) gives `None`: the caller
 //! renders the whole program and diffs it ([`crate::PolicyDataplane::apply`]).
 //!
 //! [`Plan::apply_to`] then brings the in-memory [`Ruleset`] and [`RenderCache`] to what the

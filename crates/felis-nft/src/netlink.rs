@@ -7,9 +7,9 @@
 //! (`NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM`), hash sets (`NFT_MSG_NEWSET` with the key type
 //! and user data `nft` 1.0 sends, `NFT_MSG_DELSET`), regular chains (`NFT_MSG_NEWCHAIN`, flush
 //! by `NFT_MSG_DELRULE` without a handle, `NFT_MSG_DELCHAIN`), the handful of rule shapes an
-//! endpoint chain is made of ([`EndpointRule`]) and the policy/profile rules that need no
-//! anonymous set ([`PolicyRule`]: the expressions `nft` itself sends for them; a test checks
-//! they list back identically). Everything else (rules with several ports or CIDR lists,
+//! endpoint chain is made of ([`EndpointRule`]) and the policy/profile rules, with the constant
+//! anonymous sets of their port, protocol and CIDR lists ([`PolicyRule`]: the messages `nft`
+//! itself sends for them; a test checks they list back identically). Everything else (named
 //! interval sets, resyncs) stays with `nft` text, see [`crate::nft`].
 //!
 //! The kernel handles a batch synchronously inside `sendmsg`, so by the time it returns every ack
@@ -99,7 +99,20 @@ const NFTA_PAYLOAD_OFFSET: u16 = 3;
 const NFTA_PAYLOAD_LEN: u16 = 4;
 const NFTA_LOOKUP_SET: u16 = 1;
 const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_SET_ID: u16 = 4;
 const NFTA_LOOKUP_FLAGS: u16 = 5;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_SIZE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+const NFT_SET_ANONYMOUS: u32 = 0x1;
+const NFT_SET_CONSTANT: u32 = 0x2;
+const NFT_SET_INTERVAL: u32 = 0x4;
+/// The name template of an anonymous set (the kernel numbers it).
+const ANONYMOUS_SET: &str = "__set%d";
+/// Batch-local ids of anonymous sets start here (named sets of a batch count from 1).
+const FIRST_ANONYMOUS_ID: u32 = 0x4000_0000;
 const NFTA_RANGE_SREG: u16 = 1;
 const NFTA_RANGE_OP: u16 = 2;
 const NFTA_RANGE_FROM_DATA: u16 = 3;
@@ -319,8 +332,17 @@ enum Expr {
         sreg: u32,
         invert: bool,
     },
+    /// `lookup reg` in an anonymous set (`{ 80, 443 }`) created with the rule.
+    AnonymousLookup {
+        set: AnonymousSet,
+        sreg: u32,
+        invert: bool,
+    },
     /// `bitwise reg = (reg & mask) ^ xor`, on a 32-bit register.
     Bitwise { reg: u32, mask: u32, xor: u32 },
+    /// `bitwise reg = (reg & mask) ^ 0`, on `mask.len()` bytes (an address masked to its
+    /// prefix).
+    Mask { reg: u32, mask: Vec<u8> },
     /// `log prefix <prefix>`.
     Log { prefix: String },
     /// The rule's verdict.
@@ -328,11 +350,169 @@ enum Expr {
 }
 
 /// A policy or profile chain rule (see `render::RuleRenderer`), parsed from its rendering into
-/// the expressions `nft` would send for it. Anonymous sets (several ports, CIDR lists, the
-/// port-protocol guard) are not encoded: such a rule goes through `nft` text.
+/// the expressions `nft` would send for it: a list of ports, protocols or CIDRs becomes an
+/// anonymous set created in the same batch (one element is matched directly, as nft does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRule {
     exprs: Vec<Expr>,
+}
+
+/// The constant anonymous set of a rule (`th dport { 80, 443 }`, `ip saddr { 10.0.0.0/8 }`), as
+/// `nft` creates it: elements in kernel layout; in an interval set, each range as its start and
+/// (flagged as an interval end) the value after its end, from 0 on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AnonymousSet {
+    key_type: u32,
+    key_len: u32,
+    interval: bool,
+    /// Key bytes, and whether it ends an interval.
+    elements: Vec<(Vec<u8>, bool)>,
+}
+
+impl AnonymousSet {
+    /// A set of `width`-byte big-endian values (ports, protocols, addresses) from inclusive
+    /// ranges; an interval set when any range holds more than one value or `interval`.
+    fn of_ranges(
+        key_type: u32,
+        width: usize,
+        mut ranges: Vec<(u128, u128)>,
+        interval: bool,
+    ) -> Option<AnonymousSet> {
+        if ranges.is_empty() || width == 0 || width > 16 {
+            return None;
+        }
+        let max = if width == 16 {
+            u128::MAX
+        } else {
+            (1u128 << (8 * width)) - 1
+        };
+        if ranges.iter().any(|(a, b)| a > b || *b > max) {
+            return None;
+        }
+        let bytes = |v: u128| v.to_be_bytes()[16 - width..].to_vec();
+        let key_len = u32::try_from(width).ok()?;
+        let interval = interval || ranges.iter().any(|(a, b)| a != b);
+        ranges.sort_unstable();
+        if !interval {
+            ranges.dedup();
+            let elements = ranges.iter().map(|(a, _)| (bytes(*a), false)).collect();
+            return Some(AnonymousSet {
+                key_type,
+                key_len,
+                interval,
+                elements,
+            });
+        }
+        // Merged, as nft merges overlapping and adjacent ranges.
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let mut elements = Vec::with_capacity(merged.len() * 2 + 1);
+        if merged[0].0 > 0 {
+            elements.push((bytes(0), true));
+        }
+        for (a, b) in &merged {
+            elements.push((bytes(*a), false));
+            if *b < max {
+                elements.push((bytes(b + 1), true));
+            }
+        }
+        Some(AnonymousSet {
+            key_type,
+            key_len,
+            interval,
+            elements,
+        })
+    }
+}
+
+/// The tokens between `{` (already read) and `}`, commas dropped.
+fn braced<'a>(tokens: &mut impl Iterator<Item = &'a str>) -> Option<Vec<&'a str>> {
+    let mut items = Vec::new();
+    loop {
+        let token = tokens.next()?;
+        if token == "}" {
+            return Some(items);
+        }
+        let item = token.trim_end_matches(',');
+        if !item.is_empty() {
+            items.push(item);
+        }
+    }
+}
+
+/// A port (`80`) or port range (`8000-8100`).
+fn port_range(item: &str) -> Option<(u128, u128)> {
+    match item.split_once('-') {
+        None => {
+            let port: u16 = item.parse().ok()?;
+            Some((u128::from(port), u128::from(port)))
+        }
+        Some((from, to)) => {
+            let from: u16 = from.parse().ok()?;
+            let to: u16 = to.parse().ok()?;
+            Some((u128::from(from), u128::from(to)))
+        }
+    }
+}
+
+/// The expressions nft uses to match one CIDR or address of the family at `offset` in the
+/// network header: the prefix's whole bytes compared, or the address masked then compared.
+fn one_net(item: &str, v6: bool, offset: u32, invert: bool) -> Option<Vec<Expr>> {
+    let (low, high) = net_range(item, v6)?;
+    let width: usize = if v6 { 16 } else { 4 };
+    let bits = u32::try_from(width * 8).ok()?;
+    let prefix = bits - (high - low).count_ones();
+    let bytes = low.to_be_bytes()[16 - width..].to_vec();
+    let mask = (!(high - low)).to_be_bytes()[16 - width..].to_vec();
+    let op = if invert { NFT_CMP_NEQ } else { NFT_CMP_EQ };
+    let len = u32::try_from(width).ok()?;
+    Some(if prefix == bits {
+        vec![
+            payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len, NFT_REG_1),
+            cmp(op, bytes),
+        ]
+    } else if prefix > 0 && prefix % 8 == 0 {
+        let whole = usize::try_from(prefix / 8).ok()?;
+        vec![
+            payload(NFT_PAYLOAD_NETWORK_HEADER, offset, prefix / 8, NFT_REG_1),
+            cmp(op, bytes[..whole].to_vec()),
+        ]
+    } else {
+        vec![
+            payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len, NFT_REG_1),
+            Expr::Mask {
+                reg: NFT_REG_1,
+                mask,
+            },
+            cmp(op, bytes),
+        ]
+    })
+}
+
+/// A CIDR (`10.0.0.0/8`) or address of the family as an inclusive range of addresses.
+fn net_range(item: &str, v6: bool) -> Option<(u128, u128)> {
+    let (address, prefix) = match item.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix.parse::<u32>().ok()?)),
+        None => (item, None),
+    };
+    let (value, bits) = if v6 {
+        (u128::from(address.parse::<Ipv6Addr>().ok()?), 128)
+    } else {
+        (u128::from(u32::from(address.parse::<Ipv4Addr>().ok()?)), 32)
+    };
+    let prefix = prefix.unwrap_or(bits);
+    if prefix > bits {
+        return None;
+    }
+    let host = 1u128
+        .checked_shl(bits - prefix)
+        .map_or(u128::MAX, |v| v - 1);
+    Some((value & !host, value | host))
 }
 
 impl PolicyRule {
@@ -373,11 +553,32 @@ impl PolicyRule {
                     }
                     "l4proto" => {
                         let op = negation(&mut tokens);
-                        let protocol: u8 = tokens.next()?.parse().ok()?;
                         exprs.push(Expr::Meta {
                             key: NFT_META_L4PROTO,
                             dreg: NFT_REG_1,
                         });
+                        if tokens.next_if_eq(&"{").is_some() {
+                            let protocols = braced(&mut tokens)?
+                                .iter()
+                                .map(|p| p.parse::<u8>().ok())
+                                .collect::<Option<Vec<_>>>()?;
+                            if let [protocol] = protocols[..] {
+                                // nft matches a one-element set directly.
+                                exprs.push(cmp(op, vec![protocol]));
+                                continue;
+                            }
+                            let ranges = protocols
+                                .iter()
+                                .map(|p| (u128::from(*p), u128::from(*p)))
+                                .collect();
+                            exprs.push(Expr::AnonymousLookup {
+                                set: AnonymousSet::of_ranges(12, 1, ranges, false)?,
+                                sreg: NFT_REG_1,
+                                invert: op == NFT_CMP_NEQ,
+                            });
+                            continue;
+                        }
+                        let protocol: u8 = tokens.next()?.parse().ok()?;
                         exprs.push(cmp(op, vec![protocol]));
                     }
                     "mark" => {
@@ -447,8 +648,29 @@ impl PolicyRule {
                         continue;
                     }
                     let invert = negation(&mut tokens) == NFT_CMP_NEQ;
-                    let set = set_name(tokens.next()?)?;
                     exprs.push(payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len, NFT_REG_1));
+                    if tokens.next_if_eq(&"{").is_some() {
+                        let items = braced(&mut tokens)?;
+                        if let [item] = items[..] {
+                            // nft matches a one-element set directly.
+                            exprs.pop();
+                            exprs.extend(one_net(item, v6, offset, invert)?);
+                            continue;
+                        }
+                        let ranges = items
+                            .iter()
+                            .map(|n| net_range(n, v6))
+                            .collect::<Option<Vec<_>>>()?;
+                        let key_type = if v6 { 8 } else { 7 };
+                        let width = usize::try_from(len).ok()?;
+                        exprs.push(Expr::AnonymousLookup {
+                            set: AnonymousSet::of_ranges(key_type, width, ranges, true)?,
+                            sreg: NFT_REG_1,
+                            invert,
+                        });
+                        continue;
+                    }
+                    let set = set_name(tokens.next()?)?;
                     exprs.push(Expr::Lookup {
                         set,
                         sreg: NFT_REG_1,
@@ -461,11 +683,22 @@ impl PolicyRule {
                     if tokens.next()? != "{" {
                         return None;
                     }
-                    let element = tokens.next()?;
-                    if tokens.next()? != "}" {
-                        return None; // several ports: an anonymous set
-                    }
+                    let items = braced(&mut tokens)?;
                     exprs.push(payload(NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2, NFT_REG_1));
+                    if items.len() > 1 {
+                        // Several ports: an anonymous set.
+                        let ranges = items
+                            .iter()
+                            .map(|p| port_range(p))
+                            .collect::<Option<Vec<_>>>()?;
+                        exprs.push(Expr::AnonymousLookup {
+                            set: AnonymousSet::of_ranges(13, 2, ranges, false)?,
+                            sreg: NFT_REG_1,
+                            invert: negated,
+                        });
+                        continue;
+                    }
+                    let element = items.first()?;
                     match element.split_once('-') {
                         None => {
                             let port: u16 = element.parse().ok()?;
@@ -511,9 +744,31 @@ impl PolicyRule {
         Some(PolicyRule { exprs })
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// The anonymous sets of the rule, in order.
+    fn anonymous_sets(&self) -> impl Iterator<Item = &AnonymousSet> {
+        self.exprs.iter().filter_map(|e| match e {
+            Expr::AnonymousLookup { set, .. } => Some(set),
+            _ => None,
+        })
+    }
+
+    /// The rule's expressions; `anonymous_ids` are the batch ids of its anonymous sets, in
+    /// order.
+    fn encode(&self, out: &mut Vec<u8>, anonymous_ids: &[u32]) {
+        let mut ids = anonymous_ids.iter();
         for e in &self.exprs {
             match e {
+                Expr::AnonymousLookup { sreg, invert, .. } => {
+                    let id = ids.next().copied().unwrap_or(0);
+                    expr(out, "lookup", |o| {
+                        attr_str(o, NFTA_LOOKUP_SET, ANONYMOUS_SET);
+                        attr_u32(o, NFTA_LOOKUP_SREG, *sreg);
+                        attr_u32(o, NFTA_LOOKUP_SET_ID, id);
+                        if *invert {
+                            attr_u32(o, NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+                        }
+                    });
+                }
                 Expr::Meta { key, dreg } => expr(out, "meta", |o| {
                     attr_u32(o, NFTA_META_DREG, *dreg);
                     attr_u32(o, NFTA_META_KEY, *key);
@@ -560,6 +815,15 @@ impl PolicyRule {
                     });
                     nest(o, NFTA_BITWISE_XOR, |o| {
                         attr(o, NFTA_DATA_VALUE, &xor.to_ne_bytes());
+                    });
+                }),
+                Expr::Mask { reg, mask } => expr(out, "bitwise", |o| {
+                    attr_u32(o, NFTA_BITWISE_SREG, *reg);
+                    attr_u32(o, NFTA_BITWISE_DREG, *reg);
+                    attr_u32(o, NFTA_BITWISE_LEN, u32::try_from(mask.len()).unwrap_or(0));
+                    nest(o, NFTA_BITWISE_MASK, |o| attr(o, NFTA_DATA_VALUE, mask));
+                    nest(o, NFTA_BITWISE_XOR, |o| {
+                        attr(o, NFTA_DATA_VALUE, &vec![0; mask.len()]);
                     });
                 }),
                 Expr::Log { prefix } => expr(out, "log", |o| {
@@ -695,6 +959,8 @@ pub struct Batch {
     first_seq: u32,
     /// What each acked message does, in sequence order.
     messages: Vec<String>,
+    /// Anonymous sets created so far (their batch ids).
+    anonymous: u32,
 }
 
 impl Batch {
@@ -704,6 +970,7 @@ impl Batch {
             bytes: Vec::with_capacity(4096),
             first_seq: seq.wrapping_add(1),
             messages: Vec::new(),
+            anonymous: 0,
         };
         message(
             &mut batch.bytes,
@@ -861,16 +1128,55 @@ impl Batch {
                 attr_str(o, NFTA_SET_TABLE, TABLE);
                 attr_str(o, NFTA_SET_NAME, set);
             }),
-            Op::AddPolicyRule { chain, rule } => self.push(
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                op.describe(),
-                |o| {
-                    attr_str(o, NFTA_RULE_TABLE, TABLE);
-                    attr_str(o, NFTA_RULE_CHAIN, chain);
-                    nest(o, NFTA_RULE_EXPRESSIONS, |o| rule.encode(o));
-                },
-            ),
+            Op::AddPolicyRule { chain, rule } => {
+                // Its anonymous sets first, as nft sends them: created, filled, then bound to
+                // the rule by their batch ids.
+                let mut ids = Vec::new();
+                for set in rule.anonymous_sets() {
+                    let id = FIRST_ANONYMOUS_ID.wrapping_add(self.anonymous);
+                    self.anonymous = self.anonymous.wrapping_add(1);
+                    ids.push(id);
+                    let what = format!("add an anonymous set of a rule of chain {chain}");
+                    let flags = NFT_SET_ANONYMOUS
+                        | NFT_SET_CONSTANT
+                        | if set.interval { NFT_SET_INTERVAL } else { 0 };
+                    let size = u32::try_from(set.elements.len()).unwrap_or(u32::MAX);
+                    self.push(NFT_MSG_NEWSET, NLM_F_CREATE, what.clone(), |o| {
+                        attr_str(o, NFTA_SET_TABLE, TABLE);
+                        attr_str(o, NFTA_SET_NAME, ANONYMOUS_SET);
+                        attr_u32(o, NFTA_SET_FLAGS, flags);
+                        attr_u32(o, NFTA_SET_KEY_TYPE, set.key_type);
+                        attr_u32(o, NFTA_SET_KEY_LEN, set.key_len);
+                        attr_u32(o, NFTA_SET_ID, id);
+                        nest(o, NFTA_SET_DESC, |o| attr_u32(o, NFTA_SET_DESC_SIZE, size));
+                    });
+                    self.push(NFT_MSG_NEWSETELEM, NLM_F_CREATE, what, |o| {
+                        attr_str(o, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                        attr_str(o, NFTA_SET_ELEM_LIST_SET, ANONYMOUS_SET);
+                        attr_u32(o, NFTA_SET_ELEM_LIST_SET_ID, id);
+                        nest(o, NFTA_SET_ELEM_LIST_ELEMENTS, |o| {
+                            for (key, end) in &set.elements {
+                                nest(o, NFTA_LIST_ELEM, |o| {
+                                    if *end {
+                                        attr_u32(o, NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                                    }
+                                    nest(o, NFTA_SET_ELEM_KEY, |o| attr(o, NFTA_DATA_VALUE, key));
+                                });
+                            }
+                        });
+                    });
+                }
+                self.push(
+                    NFT_MSG_NEWRULE,
+                    NLM_F_CREATE | NLM_F_APPEND,
+                    op.describe(),
+                    |o| {
+                        attr_str(o, NFTA_RULE_TABLE, TABLE);
+                        attr_str(o, NFTA_RULE_CHAIN, chain);
+                        nest(o, NFTA_RULE_EXPRESSIONS, |o| rule.encode(o, &ids));
+                    },
+                );
+            }
         }
     }
 }

@@ -947,6 +947,37 @@ fn incremental_deltas_go_by_netlink_and_enforce_what_the_program_says() {
     assert!(!stats.full && stats.links_changed == 1, "{stats:?}");
     let program = compiler.program().clone();
     assert!(check(&topology, &program, "c", "b", Probe::Tcp(8080)));
+
+    // Rules with port lists and CIDR lists (anonymous sets) go by netlink too.
+    let _other = Server::start(topology.ns("b"), 9090);
+    compiler.put_policy(policy(serde_json::json!({
+        "name": "b", "namespace": "prod", "selector": "app == 'b'", "types": ["Ingress"],
+        "ingress": [
+            {"action": "Deny", "protocol": "TCP", "source": {"nets": ["10.65.3.0/24", "10.99.0.0/16"]},
+             "destination": {"ports": [9090, "7000:7100"]}},
+            {"action": "Allow", "protocol": "TCP", "destination": {"ports": [8080, 9090]}}
+        ]
+    })));
+    let delta = compiler.take_delta();
+    let stats = topology
+        .host
+        .run(|| dataplane.apply_delta(compiler.program(), &delta, &all))
+        .unwrap();
+    assert!(!stats.full && stats.netlink, "{stats:?}");
+    let program = compiler.program().clone();
+    // check() compares the kernel with the program; it returns whether the kernel allowed it.
+    for (from, port, allowed) in [
+        ("a", 8080, true),
+        ("a", 9090, true),
+        ("c", 8080, true),
+        ("c", 9090, false),
+    ] {
+        assert_eq!(
+            check(&topology, &program, from, "b", Probe::Tcp(port)),
+            allowed,
+            "{from} -> b:{port}"
+        );
+    }
     // What the deltas left equals a full rendering of the program.
     let installed = dataplane.installed().unwrap().clone();
     let fresh = felis_nft::render::render_cached(
