@@ -1037,6 +1037,20 @@ impl Batch {
         self.messages.push(description);
     }
 
+    /// Appends a rule of `exprs` to `chain`.
+    fn push_rule(&mut self, chain: &str, description: String, exprs: impl FnOnce(&mut Vec<u8>)) {
+        self.push(
+            NFT_MSG_NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND,
+            description,
+            |o| {
+                attr_str(o, NFTA_RULE_TABLE, TABLE);
+                attr_str(o, NFTA_RULE_CHAIN, chain);
+                nest(o, NFTA_RULE_EXPRESSIONS, exprs);
+            },
+        );
+    }
+
     fn op(&mut self, op: &Op) {
         match op {
             Op::AddElements { set, elements } | Op::DeleteElements { set, elements } => {
@@ -1085,16 +1099,7 @@ impl Batch {
                 attr_str(o, NFTA_CHAIN_TABLE, TABLE);
                 attr_str(o, NFTA_CHAIN_NAME, chain);
             }),
-            Op::AddRule { chain, rule } => self.push(
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                op.describe(),
-                |o| {
-                    attr_str(o, NFTA_RULE_TABLE, TABLE);
-                    attr_str(o, NFTA_RULE_CHAIN, chain);
-                    nest(o, NFTA_RULE_EXPRESSIONS, |o| rule.encode(o));
-                },
-            ),
+            Op::AddRule { chain, rule } => self.push_rule(chain, op.describe(), |o| rule.encode(o)),
             Op::AddSet { set, kind, id } => {
                 // Key type, length and user data exactly as nft 1.0 sends them.
                 let (key_type, key_len, userdata): (u32, u32, &[u8]) = match kind {
@@ -1166,16 +1171,7 @@ impl Batch {
                         });
                     });
                 }
-                self.push(
-                    NFT_MSG_NEWRULE,
-                    NLM_F_CREATE | NLM_F_APPEND,
-                    op.describe(),
-                    |o| {
-                        attr_str(o, NFTA_RULE_TABLE, TABLE);
-                        attr_str(o, NFTA_RULE_CHAIN, chain);
-                        nest(o, NFTA_RULE_EXPRESSIONS, |o| rule.encode(o, &ids));
-                    },
-                );
+                self.push_rule(chain, op.describe(), |o| rule.encode(o, &ids));
             }
         }
     }
