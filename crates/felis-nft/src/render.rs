@@ -58,6 +58,7 @@ use felis_policy::program::PolicyProgram;
 use felis_policy::program::ProfileProgram;
 use felis_policy::program::Program;
 use felis_policy::program::Side;
+use felis_policy::program::set_references;
 use ipnet::IpNet;
 
 /// The nftables table (shared with the agent's NAT objects).
@@ -239,13 +240,7 @@ pub struct RenderCache {
 /// restarted with the same program finds its interfaces' groups right), the next free number
 /// on a collision with a group in `used`. Never 0 (the default group).
 pub(crate) fn pair_group(egress: &str, ingress: &str, used: &dyn Fn(u32) -> bool) -> u32 {
-    let hash = egress
-        .bytes()
-        .chain([b' '])
-        .chain(ingress.bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    let hash = fnv1a(egress.bytes().chain([b' ']).chain(ingress.bytes()));
     let mut group = (hash ^ (hash >> 32)) as u32;
     while group == 0 || used(group) {
         group = group.wrapping_add(1);
@@ -745,10 +740,7 @@ pub fn object_name(prefix: &str, key: &str) -> String {
     if plain {
         format!("{prefix}{key}")
     } else {
-        // FNV-1a, 64 bits: stable across runs and builds.
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let hash = fnv1a(key.bytes());
         format!("{prefix}h{hash:016x}")
     }
 }
@@ -782,23 +774,27 @@ fn shared_chain_name(
     }
 }
 
-/// FNV-1a, 64 bits, over the rules and their separators: stable across runs and builds.
+/// FNV-1a, 64 bits: stable across runs and builds (names and groups derive from it).
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A hash of the rules and their separators.
 fn digest(rules: &[String]) -> u64 {
-    rules
-        .iter()
-        .flat_map(|r| r.bytes().chain([b'\n']))
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    fnv1a(rules.iter().flat_map(|r| r.bytes().chain([b'\n'])))
+}
+
+/// Whether one of our names (as listed) is a map: the dispatch maps (`-grp`), or the
+/// interface-name verdict maps of earlier versions (`-wl`).
+fn is_map(name: &str) -> bool {
+    name.ends_with("-wl") || name.ends_with("-grp")
 }
 
 /// The nft keyword for one of our set or map names.
 fn set_or_map(name: &str) -> &'static str {
-    if name.ends_with("-wl") || name.ends_with("-grp") {
-        "map"
-    } else {
-        "set"
-    }
+    if is_map(name) { "map" } else { "set" }
 }
 
 /// The component set an address goes to, and its element text.
@@ -911,11 +907,7 @@ fn add_pair_elements<'a>(
 
 /// Whether one of our names (as listed) is a set or map rather than a chain.
 fn is_set_or_map(name: &str) -> bool {
-    // `-wl`: the interface-name verdict maps of earlier versions.
-    name.starts_with("pol-s")
-        || name.starts_with("pol-np")
-        || name.ends_with("-wl")
-        || name.ends_with("-grp")
+    name.starts_with("pol-s") || name.starts_with("pol-np") || is_map(name)
 }
 
 fn add_rules(s: &mut String, chain: &str, rules: &[String]) {
@@ -1174,19 +1166,6 @@ impl SetNumbers {
         cache.set_numbers = taken;
         numbering
     }
-}
-
-/// The set ids `rules` refer to, in order.
-fn set_references(rules: &[CompiledRule]) -> impl Iterator<Item = IpSetId> + '_ {
-    rules
-        .iter()
-        .flat_map(|r| &r.matches)
-        .flat_map(|m| match m {
-            Match::Set { set, .. } => std::slice::from_ref(set),
-            Match::Ports { named, .. } => named.as_slice(),
-            _ => &[],
-        })
-        .copied()
 }
 
 /// Whether two rules are equal but for the ids of the sets they refer to.
