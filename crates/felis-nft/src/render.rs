@@ -965,17 +965,12 @@ pub(crate) fn policy_chains(
     policy: &PolicyProgram,
     present: &dyn Fn(&str) -> bool,
 ) -> [(String, Vec<String>); 2] {
-    let numbers = SetNumbers::default();
-    let renderer = RuleRenderer {
+    direction_chains(
+        key,
+        [("pi-", &policy.ingress), ("po-", &policy.egress)],
+        PassStyle::MarkAndReturn,
         present,
-        numbers: &numbers,
-    };
-    [("pi-", &policy.ingress), ("po-", &policy.egress)].map(|(prefix, rules)| {
-        (
-            object_name(prefix, key),
-            renderer.rules(rules, PassStyle::MarkAndReturn),
-        )
-    })
+    )
 }
 
 /// The two chains (`pri-`/`pro-`) of profile `name`, as [`policy_chains`].
@@ -984,17 +979,27 @@ pub(crate) fn profile_chains(
     profile: &ProfileProgram,
     present: &dyn Fn(&str) -> bool,
 ) -> [(String, Vec<String>); 2] {
+    direction_chains(
+        name,
+        [("pri-", &profile.ingress), ("pro-", &profile.egress)],
+        PassStyle::Return,
+        present,
+    )
+}
+
+/// The chains of one policy or profile: a name prefix and rules per direction.
+fn direction_chains(
+    key: &str,
+    directions: [(&str, &Vec<CompiledRule>); 2],
+    pass: PassStyle,
+    present: &dyn Fn(&str) -> bool,
+) -> [(String, Vec<String>); 2] {
     let numbers = SetNumbers::default();
     let renderer = RuleRenderer {
         present,
         numbers: &numbers,
     };
-    [("pri-", &profile.ingress), ("pro-", &profile.egress)].map(|(prefix, rules)| {
-        (
-            object_name(prefix, name),
-            renderer.rules(rules, PassStyle::Return),
-        )
-    })
+    directions.map(|(prefix, rules)| (object_name(prefix, key), renderer.rules(rules, pass)))
 }
 
 /// Which component sets (hosts/CIDRs per family, named ports per family) exist, by set id.
