@@ -30,7 +30,6 @@ use crate::netlink::Op;
 use crate::netlink::PolicyRule;
 use crate::render::ApplyStats;
 use crate::render::CachedEndpoint;
-use crate::render::GroupChanges;
 use crate::render::NftSet;
 use crate::render::RenderCache;
 use crate::render::Ruleset;
@@ -462,8 +461,6 @@ fn plan_endpoints(
         plan.links.push((ifname.clone(), now.unwrap_or(0)));
     }
     plan.stats.links_changed = plan.links.len();
-    let added: Vec<(u32, &(String, String))> =
-        plan.new_pairs.iter().map(|(g, p)| (*g, p)).collect();
     // A pair goes when no interface has its group any more.
     let in_use = |group: u32| {
         plan.links.iter().any(|(_, g)| *g == group)
@@ -473,13 +470,8 @@ fn plan_endpoints(
                 .any(|(ifname, g)| *g == group && !plan.links.iter().any(|(i, _)| i == ifname))
     };
     let removed_pairs: Vec<u32> = candidates.into_iter().filter(|g| !in_use(*g)).collect();
-    let changes = GroupChanges {
-        added,
-        removed: removed_pairs.clone(),
-        links: Vec::new(),
-    };
-    let (add_ops, remove_ops) = pair_elements(&changes);
-    plan.stats.map_changes += 2 * (changes.added.len() + changes.removed.len());
+    let (add_ops, remove_ops) = pair_elements(&plan.new_pairs, &removed_pairs);
+    plan.stats.map_changes += 2 * (plan.new_pairs.len() + removed_pairs.len());
     plan.ops.extend(add_ops);
     plan.cleanup.extend(remove_ops);
     // A chain of a gone pair is removed unless a remaining pair still goes to it.

@@ -96,7 +96,7 @@ pub fn delta_ops(old: &Ruleset, new: &Ruleset) -> Option<(Vec<Op>, Vec<Op>, Appl
     // their groups (the second list).
     let changes = GroupChanges::between(old, new);
     stats.links_changed = changes.links.len();
-    let (added, removed) = pair_elements(&changes);
+    let (added, removed) = pair_elements(&changes.added, &changes.removed);
     stats.map_changes += 2 * (changes.added.len() + changes.removed.len());
     ops.extend(added);
     let mut cleanup = removed;
@@ -111,37 +111,41 @@ pub fn delta_ops(old: &Ruleset, new: &Ruleset) -> Option<(Vec<Op>, Vec<Op>, Appl
     Some((ops, cleanup, stats))
 }
 
-/// The element operations that add the new pairs of `changes` to both maps, and those that
-/// delete the gone ones.
-pub(crate) fn pair_elements(changes: &GroupChanges<'_>) -> (Vec<Op>, Vec<Op>) {
-    let mut added = Vec::new();
-    let mut removed = Vec::new();
+/// The element operations that add the `added` pairs (by group) to both maps, and those that
+/// delete the `removed` groups.
+pub(crate) fn pair_elements<P: std::borrow::Borrow<(String, String)>>(
+    added: &[(u32, P)],
+    removed: &[u32],
+) -> (Vec<Op>, Vec<Op>) {
+    let mut adds = Vec::new();
+    let mut deletes = Vec::new();
     for (i, map) in [FROM_WORKLOAD_MAP, TO_WORKLOAD_MAP].into_iter().enumerate() {
-        if !changes.added.is_empty() {
-            added.push(Op::AddElements {
+        if !added.is_empty() {
+            let elements = added
+                .iter()
+                .map(|(group, pair)| {
+                    let (egress, ingress) = pair.borrow();
+                    let chain = if i == 0 { egress } else { ingress };
+                    Element::of_group(*group, Some(Verdict::Goto(chain.clone())))
+                })
+                .collect();
+            adds.push(Op::AddElements {
                 set: map.to_string(),
-                elements: changes
-                    .added
-                    .iter()
-                    .map(|(group, (egress, ingress))| {
-                        let chain = if i == 0 { egress } else { ingress };
-                        Element::of_group(*group, Some(Verdict::Goto(chain.clone())))
-                    })
-                    .collect(),
+                elements,
             });
         }
-        if !changes.removed.is_empty() {
-            removed.push(Op::DeleteElements {
+        if !removed.is_empty() {
+            let elements = removed
+                .iter()
+                .map(|group| Element::of_group(*group, None))
+                .collect();
+            deletes.push(Op::DeleteElements {
                 set: map.to_string(),
-                elements: changes
-                    .removed
-                    .iter()
-                    .map(|group| Element::of_group(*group, None))
-                    .collect(),
+                elements,
             });
         }
     }
-    (added, removed)
+    (adds, deletes)
 }
 
 #[cfg(test)]
