@@ -52,8 +52,8 @@ pub struct PolicyDataplane {
     cache: RenderCache,
     /// The route-netlink socket that sets the interfaces' device groups, opened on first use.
     links: Option<LinkSession>,
-    /// Interfaces that should have a device group but did not exist when it was set: retried
-    /// by every apply (see [`has_missing_links`](PolicyDataplane::has_missing_links)).
+    /// Interfaces that should have a device group but did not exist when it was set (see
+    /// [`retry_missing_links`](PolicyDataplane::retry_missing_links)).
     missing: BTreeSet<String>,
 }
 
@@ -105,13 +105,12 @@ impl PolicyDataplane {
         };
         let links = GroupChanges::between(installed, &desired).links;
         if self.transport == Transport::Netlink
-            && let Some((mut ops, cleanup, mut stats)) = fast::delta_ops(installed, &desired)
+            && let Some((mut ops, mut cleanup, mut stats)) = fast::delta_ops(installed, &desired)
         {
             if ops.is_empty() && cleanup.is_empty() && links.is_empty() {
                 return Ok(stats);
             }
             // Without group changes, one batch does it all.
-            let mut cleanup = cleanup;
             if links.is_empty() {
                 ops.append(&mut cleanup);
             }
@@ -119,16 +118,15 @@ impl PolicyDataplane {
                 Some(session) => session,
                 None => self.netlink.insert(NetlinkSession::open()?),
             };
-            let batch = session.batch(&ops);
-            let second = session.batch(&cleanup);
-            if batch.bytes().len() <= netlink::MAX_BATCH
+            let (first, second) = session.batches(&ops, &cleanup);
+            if first.bytes().len() <= netlink::MAX_BATCH
                 && second.bytes().len() <= netlink::MAX_BATCH
             {
                 self.installed = None;
-                self.commit(&ops)?;
+                self.commit(&first)?;
                 self.set_groups(&links)?;
-                self.commit(&cleanup)?;
-                stats.script_bytes = batch.bytes().len() + second.bytes().len();
+                self.commit(&second)?;
+                stats.script_bytes = first.bytes().len() + second.bytes().len();
                 stats.netlink = true;
                 self.installed = Some(desired);
                 return Ok(stats);
@@ -197,21 +195,17 @@ impl PolicyDataplane {
         }
     }
 
-    /// Commits one netlink batch (nothing when `ops` is empty).
-    fn commit(&mut self, ops: &[crate::netlink::Op]) -> Result<(), Error> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let session = match &mut self.netlink {
-            Some(session) => session,
-            None => self.netlink.insert(NetlinkSession::open()?),
+    /// Commits one netlink batch encoded by the open socket (nothing when it is empty); a
+    /// failure closes the socket.
+    fn commit(&mut self, batch: &netlink::Batch) -> Result<(), Error> {
+        let Some(session) = &mut self.netlink else {
+            return Err(Error::Netlink(std::io::Error::other("no netlink socket")));
         };
-        let batch = session.batch(ops);
-        if let Err(e) = session.commit_batch(&batch) {
+        let result = session.commit_batch(batch);
+        if result.is_err() {
             self.netlink = None;
-            return Err(e);
         }
-        Ok(())
+        result
     }
 
     /// Applies an nft script by this dataplane's transport (nothing when it is empty).
@@ -280,7 +274,8 @@ impl PolicyDataplane {
             Some(session) => session,
             None => self.netlink.insert(NetlinkSession::open()?),
         };
-        let bytes = session.batch(&ops).bytes().len() + session.batch(&cleanup).bytes().len();
+        let (first, second) = session.batches(&ops, &cleanup);
+        let bytes = first.bytes().len() + second.bytes().len();
         if bytes > netlink::MAX_BATCH {
             return self.apply(program, interfaces);
         }
@@ -288,9 +283,9 @@ impl PolicyDataplane {
             return self.apply(program, interfaces);
         };
         // On failure the kernel's state is unknown: the next apply is a full one.
-        self.commit(&ops)?;
+        self.commit(&first)?;
         self.set_groups(&plan.links)?;
-        self.commit(&cleanup)?;
+        self.commit(&second)?;
         plan.apply_to(&mut installed, &mut self.cache);
         self.installed = Some(installed);
         stats.script_bytes = bytes;

@@ -1232,6 +1232,13 @@ impl NetlinkSession {
         Batch::encode(ops, self.seq)
     }
 
+    /// Encodes two batches to commit one after the other: `second` numbered after `first`.
+    pub fn batches(&self, first: &[Op], second: &[Op]) -> (Batch, Batch) {
+        let first = self.batch(first);
+        let second = Batch::encode(second, first.next_seq());
+        (first, second)
+    }
+
     /// Sends a batch from [`batch`](NetlinkSession::batch) as one transaction and waits for the
     /// kernel's verdict on each message.
     pub fn commit_batch(&mut self, batch: &Batch) -> Result<(), Error> {
