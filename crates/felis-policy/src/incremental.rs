@@ -361,26 +361,31 @@ impl IncrementalCompiler {
             .and_then(|i| self.set.endpoints.get(*i))
     }
 
+    /// The policy under `key` compiled (its sets interned and referenced once more); `None`
+    /// when there is no such policy.
+    fn compile_and_acquire(&mut self, key: &str) -> Option<crate::program::PolicyProgram> {
+        let policy = self.policy(key).cloned()?;
+        let compiled = compile_policy(
+            &self.set,
+            &policy,
+            &mut self.sets.interner(
+                &mut self.program.ip_sets,
+                &mut self.program.named_port_sets,
+                &mut self.delta,
+            ),
+        );
+        self.sets
+            .acquire(compiled.ingress.iter().chain(&compiled.egress));
+        Some(compiled)
+    }
+
     /// After the policy under `key` changed from `old` (`None`: it is new) to what `set` holds
     /// now (nothing: deleted).
     fn policy_changed(&mut self, key: &str, old: Option<Policy>) {
         // Its chain, if something uses it.
         if self.policy_refs.get(key).is_some_and(|n| *n > 0) {
             let previous = self.program.policies.remove(key);
-            let compiled = self.policy(key).cloned().map(|policy| {
-                let compiled = compile_policy(
-                    &self.set,
-                    &policy,
-                    &mut self.sets.interner(
-                        &mut self.program.ip_sets,
-                        &mut self.program.named_port_sets,
-                        &mut self.delta,
-                    ),
-                );
-                self.sets
-                    .acquire(compiled.ingress.iter().chain(&compiled.egress));
-                compiled
-            });
+            let compiled = self.compile_and_acquire(key);
             if previous != compiled {
                 self.delta.policies.insert(key.to_string());
             }
@@ -505,20 +510,9 @@ impl IncrementalCompiler {
             if *n > 1 {
                 continue;
             }
-            let Some(policy) = self.policy(key).cloned() else {
+            let Some(compiled) = self.compile_and_acquire(key) else {
                 continue;
             };
-            let compiled = compile_policy(
-                &self.set,
-                &policy,
-                &mut self.sets.interner(
-                    &mut self.program.ip_sets,
-                    &mut self.program.named_port_sets,
-                    &mut self.delta,
-                ),
-            );
-            self.sets
-                .acquire(compiled.ingress.iter().chain(&compiled.egress));
             self.program.policies.insert(key.clone(), compiled);
             self.delta.policies.insert(key.clone());
         }
