@@ -20,6 +20,10 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use felis_testns::bench::knob;
+use felis_testns::bench::ms;
+use felis_testns::bench::percentile;
 use std::time::Instant;
 
 use felis_agent::policy::PolicyPlane;
@@ -30,13 +34,6 @@ const NODE: &str = "bench";
 const NAMESPACES: usize = 100;
 const APPS: usize = 50;
 const RULES_PER_POLICY: usize = 10;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn app_of(index: usize) -> usize {
     (index / NAMESPACES) % APPS
@@ -104,16 +101,6 @@ fn policy(index: usize, port_shift: usize, extra: Option<usize>) -> (String, Vec
         key_for(Kind::NetworkPolicy, Some(&namespace), &name),
         serde_json::to_vec(&value).unwrap(),
     )
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[rank.min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn main() {

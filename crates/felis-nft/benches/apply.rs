@@ -15,7 +15,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+
+use felis_testns::bench::knob;
+use felis_testns::bench::ms;
+use felis_testns::bench::percentile;
 use std::time::Instant;
 
 use felis_nft::Config;
@@ -31,13 +34,6 @@ use felis_policy::Program;
 const NAMESPACES: usize = 100;
 const APPS: usize = 50;
 const RULES_PER_POLICY: usize = 10;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Pod `index` lives in namespace `index % 100`; its app label cycles through the 50 apps every
 /// 100 pods, so each namespace has pods of every app.
@@ -92,16 +88,6 @@ fn policy(index: usize) -> Policy {
         "ingress": rules
     }))
     .unwrap()
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[rank.min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn main() {

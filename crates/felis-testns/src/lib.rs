@@ -17,6 +17,8 @@
 // Dev-only helpers: a test helper that cannot do its job fails the test loudly.
 #![allow(clippy::panic)]
 
+pub mod bench;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicU32;
