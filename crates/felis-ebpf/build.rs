@@ -21,6 +21,8 @@ fn main() {
             "cargo:warning=felis-ebpf: /usr/include/bpf/bpf_helpers.h missing; building without eBPF programs (install libbpf-dev)"
         );
     }
+    // Included by the programs.
+    println!("cargo:rerun-if-changed=bpf/stats.h");
     for name in PROGRAMS {
         let source = PathBuf::from("bpf").join(format!("{name}.c"));
         let object = out.join(format!("{name}.o"));

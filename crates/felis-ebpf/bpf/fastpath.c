@@ -93,19 +93,8 @@ struct {
 	__uint(max_entries, 1);
 } config SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, STAT_COUNT);
-} stats SEC(".maps");
-
-static __always_inline void count(__u32 index)
-{
-	__u64 *value = bpf_map_lookup_elem(&stats, &index);
-	if (value)
-		*value += 1;
-}
+// Packet counters, per CPU.
+#include "stats.h"
 
 static __always_inline __u32 generation(void)
 {

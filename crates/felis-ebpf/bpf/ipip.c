@@ -87,19 +87,7 @@ struct {
 } config SEC(".maps");
 
 // Packet counters, per CPU.
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, STAT_COUNT);
-} stats SEC(".maps");
-
-static __always_inline void count(__u32 index)
-{
-	__u64 *value = bpf_map_lookup_elem(&stats, &index);
-	if (value)
-		*value += 1;
-}
+#include "stats.h"
 
 static __always_inline __u32 local_address(void)
 {
