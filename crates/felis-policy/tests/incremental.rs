@@ -11,8 +11,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
-use common::cluster;
 use common::labels;
+use common::tiered_cluster;
 use felis_policy::Endpoint;
 use felis_policy::HostInterface;
 use felis_policy::IncrementalCompiler;
@@ -21,8 +21,6 @@ use felis_policy::Policy;
 use felis_policy::PolicySet;
 use felis_policy::Program;
 use felis_policy::Protocol;
-use felis_policy::Tier;
-use felis_policy::TierDefaultAction;
 use felis_policy::k8s::NetworkPolicy;
 use felis_policy::program::IpSetId;
 use proptest::prelude::*;
@@ -121,17 +119,7 @@ fn policy_pool() -> Vec<Policy> {
 }
 
 fn base() -> PolicySet {
-    let mut set = cluster();
-    set.add_tier(Tier {
-        name: "security".to_string(),
-        order: Some(10.0),
-        default_action: TierDefaultAction::Deny,
-    });
-    set.add_tier(Tier {
-        name: "audit".to_string(),
-        order: None,
-        default_action: TierDefaultAction::Pass,
-    });
+    let mut set = tiered_cluster();
     set.add_endpoint(Endpoint {
         name: "hep1".to_string(),
         labels: labels(&[("node", "n1")]),

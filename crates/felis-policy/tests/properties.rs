@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::cluster;
+use common::tiered_cluster;
 use common::trace;
 use felis_policy::Direction;
 use felis_policy::Endpoint;
@@ -17,8 +17,6 @@ use felis_policy::Packet;
 use felis_policy::Policy;
 use felis_policy::PolicySet;
 use felis_policy::Program;
-use felis_policy::Tier;
-use felis_policy::TierDefaultAction;
 use felis_policy::Verdict;
 use felis_policy::k8s::NetworkPolicy;
 use proptest::prelude::*;
@@ -124,17 +122,7 @@ fn k8s_pool() -> Vec<Policy> {
 }
 
 fn with_policies(policies: Vec<Policy>) -> PolicySet {
-    let mut set = cluster();
-    set.add_tier(Tier {
-        name: "security".to_string(),
-        order: Some(10.0),
-        default_action: TierDefaultAction::Deny,
-    });
-    set.add_tier(Tier {
-        name: "audit".to_string(),
-        order: None,
-        default_action: TierDefaultAction::Pass,
-    });
+    let mut set = tiered_cluster();
     for policy in policies {
         set.add_policy(policy);
     }

@@ -28,6 +28,8 @@ use felis_policy::PolicySet;
 use felis_policy::Profile;
 use felis_policy::Protocol;
 use felis_policy::ServiceAccount;
+use felis_policy::Tier;
+use felis_policy::TierDefaultAction;
 use felis_policy::Trace;
 use felis_policy::Verdict;
 
@@ -139,6 +141,23 @@ pub fn cluster() -> PolicySet {
 }
 
 /// `ns/name` or a bare host endpoint name.
+/// [`cluster`] with two tiers: `security` (order 10, default Deny) and `audit` (no order,
+/// default Pass).
+pub fn tiered_cluster() -> PolicySet {
+    let mut set = cluster();
+    set.add_tier(Tier {
+        name: "security".to_string(),
+        order: Some(10.0),
+        default_action: TierDefaultAction::Deny,
+    });
+    set.add_tier(Tier {
+        name: "audit".to_string(),
+        order: None,
+        default_action: TierDefaultAction::Pass,
+    });
+    set
+}
+
 pub fn endpoint<'a>(set: &'a PolicySet, key: &str) -> &'a Endpoint {
     let (ns, name) = match key.split_once('/') {
         Some((ns, name)) => (Some(ns), name),
