@@ -621,7 +621,7 @@ impl PolicyPlane {
     }
 
     /// Whether a workload interface of the program did not exist when its device group was
-    /// set (the next [`apply`](PolicyPlane::apply) tries again).
+    /// set (see [`retry_missing_links`](PolicyPlane::retry_missing_links)).
     pub fn has_missing_links(&self) -> bool {
         self.dataplane.has_missing_links()
     }

@@ -333,6 +333,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep(Duration::from_secs(1)), if retry_after_error => {}
             _ = tokio::time::sleep(links_retry), if links_missing => {
+                let mut failed = false;
                 if let Some(mut plane) = policy.take() {
                     let (plane, result) = blocking(move || {
                         let result = plane.retry_missing_links();
@@ -345,12 +346,18 @@ pub async fn run(
                             info!(interfaces = fixed, "policy groups set on interfaces that appeared");
                             links_retry = LINKS_RETRY_FIRST;
                         }
-                        Err(e) => warn!(error = %ErrorChain(&e), "setting policy groups failed; resyncing"),
+                        Err(e) => {
+                            warn!(error = %ErrorChain(&e), "setting policy groups failed; resyncing");
+                            failed = true;
+                        }
                     }
                     links_missing = plane.has_missing_links();
                     policy = Some(plane);
                 }
-                continue;
+                // After a failure the pass below resyncs the policy (the plane asked for it).
+                if !failed {
+                    continue;
+                }
             }
         }
         // Calico's pod MTU: the host's, less the largest overhead of the encapsulations in use.
